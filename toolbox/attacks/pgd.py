@@ -1,0 +1,69 @@
+"""Projected gradient descent (Madry et al. 2018) in any threat model's geometry."""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_positive
+from ._targets import objective, pick_targets
+from .base import Attack, Signed, check_steps, iterate
+
+
+class PGD(Attack):
+    """``steps`` projected steepest-ascent steps of ``step_size`` (default ``2.5 eps/steps``).
+
+    ``restarts`` runs from fresh random starts (the first from ``x`` itself when
+    ``random_start=False``) and keeps, per example, the best result: a successful adversarial
+    example if any run found one, otherwise the highest loss (each restart runs only on the
+    examples still unbroken, which gives the same result faster).  ``early_stop`` stops
+    computing an example once it is misclassified.  ``keep_best=False`` returns the last
+    iterate (Madry-style training adversary, one forward pass cheaper).  ``targeted=True``
+    maximises the chosen ``loss`` towards ``target`` (call keyword) or a class picked by
+    ``target_rule`` (``"random"``, ``"next-likely"``, ``"least-likely"``).
+    """
+
+    name = "pgd"
+
+    def __init__(self, threat, steps: int = 10, step_size: float | None = None, *,
+                 restarts: int = 1, random_start: bool = True, loss: str = "ce",
+                 targeted: bool = False, target_rule: str = "random", early_stop: bool = False,
+                 keep_best: bool = True, seed: int | None = None, mode: str = "eval"):
+        super().__init__(threat, seed=seed, mode=mode)
+        self.steps = check_steps(steps)
+        self.step_size = (None if step_size is None else check_positive(step_size, "step_size"))
+        self.restarts = check_positive(restarts, "restarts", integer=True)
+        self.random_start, self.loss = bool(random_start), loss
+        self.targeted, self.target_rule = bool(targeted), target_rule
+        self.early_stop, self.keep_best = bool(early_stop), bool(keep_best)
+        objective(loss, targeted)
+
+    def perturb(self, model, x, y, *, generator=None, target=None):
+        size = self.threat.default_step_size(self.steps) if self.step_size is None else self.step_size
+        yy = y
+        if self.targeted:
+            if target is None:
+                with torch.no_grad():
+                    target = pick_targets(model(x), y, self.target_rule, generator)
+            yy = torch.stack([y, target], 1)
+        loss, success = objective(self.loss, self.targeted)
+        rule = Signed(self.threat, size)
+        x_out = x.clone()
+        best = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        todo = torch.arange(x.shape[0], device=x.device)
+        for r in range(self.restarts):
+            xs = x[todo]
+            tm = self.threat
+            if isinstance(tm.eps, torch.Tensor):  # per-example radii follow the examples
+                tm = tm.with_eps(tm.eps[todo])
+                rule = Signed(tm, size[todo] if isinstance(size, torch.Tensor) else size)
+            x0 = tm.random_init(xs, generator) if (self.random_start or r > 0) else xs
+            xb, lb, ok = iterate(model, xs, yy[todo], x0, steps=self.steps, rule=rule, loss=loss,
+                                 success=success, early_stop=self.early_stop,
+                                 keep_best=self.keep_best, generator=generator)
+            upd = (lb > best[todo]) | (r == 0)
+            x_out[todo[upd]] = xb[upd]
+            best[todo[upd]] = lb[upd]
+            todo = todo[~ok]
+            if todo.numel() == 0:
+                break
+        return x_out

@@ -1,0 +1,161 @@
+"""The Defense interface and the builtin defenses.
+
+A defense turns a batch into a training loss: ``loss, logs = defense.loss(model, batch)``.
+The Trainer owns everything else (optimiser, schedules, AMP, checkpoints, callbacks), so a
+paper's method is exactly its ``loss`` (MAIR's granularity, with the attack pluggable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import Attack
+from .hookspecs import hookimpl
+
+
+@dataclass
+class Batch:
+    """What a defense sees of one training step.
+
+    ``x`` ``(N, ...)`` in [0, 1]; ``y`` ``(N,)`` labels; ``index`` ``(N,)`` dataset indices
+    (keys of the per-example ``store``); ``epoch`` (0-based) and ``step`` (global optimizer
+    step, 0-based); ``eps`` the scheduled radius for this step (``None`` without an eps
+    schedule); ``store`` the Trainer's per-example state store (``None`` outside a Trainer);
+    ``trainer`` the Trainer itself (``None`` outside one); ``extra`` free-form data from batch
+    transforms (mixup's second labels and weights, for instance).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor | None = None
+    epoch: int = 0
+    step: int = 0
+    eps: float | None = None
+    store: Any = None
+    trainer: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense:
+    """Base class.  Subclasses implement :meth:`loss`.
+
+    ``attack`` (any registered :class:`~toolbox.attacks.Attack`) is the adversary for the
+    defenses that use one.  When the Trainer schedules eps, :meth:`adversary` returns the
+    attack at the batch's radius.  Defenses with state beyond the per-example store implement
+    :meth:`state_dict` / :meth:`load_state_dict` (saved in checkpoints).
+    """
+
+    name: str = "defense"
+    #: a defense that keeps per-example state in ``batch.store`` sets this
+    uses_store: bool = False
+
+    def __init__(self, attack: Attack | None = None) -> None:
+        if attack is not None and not isinstance(attack, Attack):
+            raise ValueError(f"attack must be a toolbox Attack (tb.attack(...)), got {attack!r}")
+        self.attack = attack
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar training loss and a dict of float metrics to log for this batch."""
+        raise NotImplementedError
+
+    def adversary(self, batch: Batch) -> Attack:
+        """``self.attack``, re-radiused to ``batch.eps`` when an eps schedule is active."""
+        if self.attack is None:
+            raise ValueError(f"defense {self.name!r} needs attack=")
+        if batch.eps is None or isinstance(self.attack.threat.eps, torch.Tensor):
+            return self.attack
+        if self.attack.threat.eps == batch.eps:
+            return self.attack
+        return self.attack.with_eps(batch.eps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def spec(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"defense": self.name}
+        if self.attack is not None:
+            out["attack"] = self.attack.spec()
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({'attack=' + repr(self.attack) if self.attack else ''})"
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+class Standard(Defense):
+    """Plain (clean) training: cross-entropy on the unperturbed batch."""
+
+    name = "standard"
+
+    def loss(self, model, batch):
+        logits = model(batch.x)
+        loss = F.cross_entropy(logits, batch.y)
+        return loss, {"loss": loss.item(), "acc": accuracy(logits, batch.y)}
+
+
+class Adversarial(Defense):
+    """Train on the attack's output: cross-entropy on ``attack(model, x, y)``.
+
+    With ``attack=tb.attack("pgd", ...)`` this is Madry et al.'s PGD adversarial training;
+    any registered attack drives it.  ``clean_weight`` mixes in the clean loss
+    (``(1-w) CE(x_adv) + w CE(x)``).
+    """
+
+    name = "adversarial"
+
+    def __init__(self, attack: Attack, *, clean_weight: float = 0.0) -> None:
+        if attack is None:
+            raise ValueError("defense 'adversarial' needs attack=, e.g. tb.attack('pgd', threat=tb.Linf(0.3))")
+        super().__init__(attack)
+        if not 0.0 <= clean_weight <= 1.0:
+            raise ValueError(f"clean_weight must be in [0, 1], got {clean_weight}")
+        self.clean_weight = float(clean_weight)
+
+    def loss(self, model, batch):
+        x_adv = self.adversary(batch)(model, batch.x, batch.y, index=batch.index, check=False)
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, batch.y)
+        logs = {"adv_loss": loss.item(), "adv_acc": accuracy(logits, batch.y)}
+        if self.clean_weight > 0:
+            clean = F.cross_entropy(model(batch.x), batch.y)
+            loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
+            logs["clean_loss"] = clean.item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+
+def defense(name: str, /, **kwargs: Any) -> Defense:
+    """Build a registered defense: ``tb.defense("adversarial", attack=tb.attack("pgd", ...))``.
+
+    ``attack`` may also be given as a name with ``threat=`` (``tb.defense("adversarial",
+    attack="pgd", threat=tb.Linf(0.3))``) or a dict ``{"name": "pgd", "steps": 10, ...}``.
+    """
+    from .attacks import attack as make_attack
+    from .plugins import registry
+
+    factory = registry().get("defense", name)
+    atk = kwargs.get("attack")
+    if isinstance(atk, str):
+        kwargs["attack"] = make_attack(atk, threat=kwargs.pop("threat", None), **kwargs.pop("attack_kwargs", {}))
+    elif isinstance(atk, dict):
+        spec = dict(atk)
+        thr = spec.pop("threat", kwargs.get("threat"))
+        kwargs["attack"] = make_attack(spec.pop("name"), threat=thr, **spec)
+    return factory(**kwargs)
+
+
+@hookimpl
+def toolbox_register(registry) -> None:
+    registry.add_defense("standard", Standard)
+    registry.add_defense("adversarial", Adversarial)
