@@ -124,7 +124,8 @@ class ThreatModel:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        a, b = self.__dict__, other.__dict__  # type: ignore[union-attr]
+        a = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        b = {k: v for k, v in other.__dict__.items() if not k.startswith("_")}  # type: ignore[union-attr]
         if a.keys() != b.keys():
             return False
         for k in a:
@@ -160,8 +161,25 @@ class Linf(LpBall):
         return x0.clamp(0, 1) if box else x0
 
     def project(self, x_adv, x):
+        lo, hi = self._bounds(x)
+        return torch.clamp(x_adv, lo, hi)
+
+    def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(max(x - eps, 0), min(x + eps, 1))``, cached for the ``x`` of the running attack
+        (an iterative attack projects around the same ``x`` at every step)."""
+        key = (x.data_ptr(), x._version, x.shape, x.dtype, x.device)
+        cache = self.__dict__.get("_bounds_cache")
+        if cache is not None and cache[0] == key and cache[1] is x:
+            return cache[2], cache[3]
         e = _col(self.eps, x)
-        return torch.clamp(torch.minimum(torch.maximum(x_adv, x - e), x + e), 0, 1)
+        lo, hi = (x - e).clamp_min(0), (x + e).clamp_max(1)
+        self.__dict__["_bounds_cache"] = (key, x, lo, hi)
+        return lo, hi
+
+    def with_eps(self, eps):
+        new = super().with_eps(eps)
+        new.__dict__.pop("_bounds_cache", None)
+        return new
 
     def ascent(self, grad, x_adv=None, generator=None):
         return grad.sign()

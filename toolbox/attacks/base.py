@@ -193,17 +193,16 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
     x_best = x_init.detach().clone()
     loss_best = torch.full((n,), float("-inf"), device=x.device)
     done = torch.zeros(n, dtype=torch.bool, device=x.device)
-    idx = torch.arange(n, device=x.device)  # the examples still computed
+    idx: torch.Tensor | None = None  # rows still computed; None = all (no copies, no gathers)
+    xs, ys = x, y
     x_adv = x_init.detach()
+    inf = torch.tensor(float("inf"), device=x.device)
 
-    def loss_fn_for(sel: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        def f(z: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return loss(model(z), y[sel])
-        return f
+    def loss_fn(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return loss(model(z), ys)
 
     for t in range(steps + 1 if keep_best else steps):
-        xs, ys = x[idx], y[idx]
         last = t == steps
         with torch.enable_grad():
             x_adv.requires_grad_(not last)
@@ -211,28 +210,39 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
             lval = loss(logits, ys)
             grad = None if last else torch.autograd.grad(lval.sum(), x_adv)[0]
         with torch.no_grad():
+            x_adv = x_adv.detach()
             lval = lval.detach().float()
             ok = success(logits.detach(), ys)
-            fresh = ok & ~done[idx]
-            better = (lval > loss_best[idx]) & ~done[idx] & keep_best
-            upd = fresh | better
-            if upd.any():
+            was = done if idx is None else done[idx]
+            fresh = ok & ~was
+            upd = fresh | ((lval > (loss_best if idx is None else loss_best[idx])) & ~was) if keep_best else fresh
+            new_loss = torch.where(fresh, inf, lval)
+            if idx is None:
+                m = upd.view(-1, *([1] * (x.dim() - 1)))
+                x_best = torch.where(m, x_adv, x_best)
+                loss_best = torch.where(upd, new_loss, loss_best)
+                done |= fresh
+            elif upd.any():
                 sel = idx[upd]
-                x_best[sel] = x_adv.detach()[upd]
-                loss_best[sel] = torch.where(fresh[upd], torch.full_like(lval[upd], float("inf")), lval[upd])
-            done[idx[fresh]] = True
+                x_best[sel] = x_adv[upd]
+                loss_best[sel] = new_loss[upd]
+                done[idx[fresh]] = True
             if last:
                 break
-            x_next = rule(t, x_adv.detach(), xs, grad, lval, loss_fn_for(idx), generator)
+            x_next = rule(t, x_adv, xs, grad, lval, loss_fn, generator)
             if early_stop and ok.any():
                 keep = ~ok
-                idx, x_next = idx[keep], x_next[keep]
-                _shrink_rule(rule, keep)
+                idx = keep.nonzero().squeeze(1) if idx is None else idx[keep]
                 if idx.numel() == 0:
-                    break
+                    return x_best, loss_best, done
+                x_next, xs, ys = x_next[keep], x[idx], y[idx]
+                _shrink_rule(rule, keep)
             x_adv = x_next
-    if not keep_best and idx.numel():
-        x_best[idx] = x_adv.detach()
+    if not keep_best:
+        if idx is None:
+            x_best = x_adv
+        else:
+            x_best[idx] = x_adv.detach()
     return x_best, loss_best, done
 
 
