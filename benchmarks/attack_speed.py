@@ -15,10 +15,10 @@ import warnings
 
 import numpy as np
 import torch
+from _common import interleaved, ratio_table
 from torch import nn
 
 import toolbox as tb
-from _common import interleaved, ratio_table
 
 EPS, ALPHA, STEPS = 0.3, 0.01, 50
 

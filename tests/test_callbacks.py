@@ -99,7 +99,7 @@ def test_history_csv_and_curve_png(digits, tmp_path):
     assert csv.is_file()
     on_disk = pd.read_csv(csv)
     assert len(on_disk) == 3 == len(df)
-    assert list(on_disk["epoch"]) == [0, 1, 2]
+    assert list(on_disk["epoch"]) == [0, 1, 2]  # 0-based, as in the callback hooks
     for col in df.columns:  # the CSV holds every numeric history column with the same values
         if pd.api.types.is_numeric_dtype(df[col]):
             assert col in on_disk

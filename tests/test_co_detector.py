@@ -9,8 +9,9 @@
 
 Both assert the ground truth independently of the detector (PGD / FGSM accuracy on MNIST test
 images), so a quiet detector on a collapsed run, or a firing one on a healthy run, fails.
-Seeded and deterministic on CPU; which seeds collapse is seed dependent (§4B), the seeds here
-were checked once and the ground-truth assertions guard them.
+Seeded and deterministic on CPU; which seeds collapse is seed dependent (§4B), and one epoch
+(600 steps) from scratch sometimes sticks at chance (§4C: seed 0 does here).  The seeds were
+checked once with the real Trainer and the ground-truth assertions guard them.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def test_detects_clamped_start_collapse_and_rolls_back(mnist):
 def test_quiet_on_paper_exact_fgsm_rs(mnist):
     train, test = mnist
     det = CODetector(every=100, batch=200, action="stop")
-    model, trainer, history = fit(train, seed=0, clamp_start=False, epochs=1, detector=det)
+    model, trainer, history = fit(train, seed=1, clamp_start=False, epochs=1, detector=det)
 
     assert det.events == [] and not det.stopped, det.checks
     assert list(history["co_event"]) == [0]

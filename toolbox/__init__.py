@@ -10,14 +10,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import losses  # noqa: E402
+from .attacks import Attack, attack, attack_mode  # noqa: E402
+from .certify import Certificate, Certifier, certifier  # noqa: E402
+from .defense import Batch, Defense, defense  # noqa: E402
 from .hookspecs import hookimpl, hookspec  # noqa: E402  (plugins import these first)
+from .plugins import PluginLoadWarning, names, plugins  # noqa: E402
 from .registry import DuplicateNameError, Registry, UnknownNameError  # noqa: E402
 from .threat import L1, L2, Linf, LpBall, ThreatModel, threat  # noqa: E402
-from .attacks import Attack, attack, attack_mode  # noqa: E402
-from .defense import Batch, Defense, defense  # noqa: E402
-from .certify import Certificate, Certifier, certifier  # noqa: E402
-from .plugins import PluginLoadWarning, names, plugins  # noqa: E402
-from . import losses  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "hookspec", "Registry", "UnknownNameError", "DuplicateNameError",

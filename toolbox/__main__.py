@@ -1,0 +1,8 @@
+"""``python -m toolbox``: the same as the ``toolbox`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
