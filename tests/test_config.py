@@ -237,7 +237,7 @@ def test_builders_make_working_components():
     assert model(torch.rand(4, 1, 8, 8)).shape == (4, 10)
     # the model init is seeded by train.seed: two builds are identical
     other = c.build_model()
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True))
     d = c.build_defense()
     assert isinstance(d, tb.Defense) and d.attack.steps == 3 and d.attack.threat == tb.Linf(0.1)
     train, val, test = c.build_data()
@@ -288,9 +288,109 @@ def test_missing_dataset_error_passes_through(tmp_path):
     assert str(tmp_path) in str(info.value)
 
 
-def test_example_configs_validate():
-    paths = C.example_configs()
-    assert {p.name for p in paths} >= {"digits_standard.toml", "mnist_fgsm_rs.toml"}
-    for p in paths:
-        c = C.load(p)
-        assert C.loads(c.to_toml()).to_dict() == c.to_dict(), p
+# ------------------------------------------------------------------------------ [paper] table
+PAPER_COMPACT = """
+[paper]
+title = "A paper"
+quick = true
+tolerance = 2.5
+[paper.expect]
+clean = 97
+pgd5 = { value = 60.0, tolerance = 5.0, source = "Table 2", paper = 88.8 }
+worst-case = { value = 55.5 }
+"""
+
+
+def test_paper_compact_table_form():
+    text = BASE[: BASE.index("[paper]")] + PAPER_COMPACT
+    c = C.loads(text)
+    got = [(e.metric, e.value, e.tolerance, e.source, e.paper) for e in c.paper.expect]
+    assert got == [("clean", 97.0, 2.5, "", None), ("pgd5", 60.0, 5.0, "Table 2", 88.8),
+                   ("worst-case", 55.5, 2.5, "", None)]
+    # the resolved form is the array form with every tolerance filled in, and round-trips
+    again = C.loads(c.to_toml())
+    assert again.to_dict() == c.to_dict()
+    assert again.to_dict()["paper"]["expect"][1] == {"metric": "pgd5", "value": 60.0, "tolerance": 5.0,
+                                                     "source": "Table 2", "paper": 88.8}
+
+
+def test_paper_checks():
+    e = C.Expectation("clean", 90.0, 2.0)
+    assert e.check(92.0) and e.check(88.0) and not e.check(92.01) and not e.check(float("nan"))
+    # the array form takes paper.tolerance as the default too
+    c = cfg("paper.tolerance=4", 'paper.expect=[{ metric = "clean", value = 90 }]')
+    assert c.paper.expect[0].tolerance == 4.0
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ('paper.expect={ clean = 90 }', "missing key 'paper.expect.clean.tolerance'"),
+    ('paper.expect={ pgd = 90 }', "paper.expect.pgd is not a row of the eval report. Did you mean 'pgd5'?"),
+    ('paper.expect={ clean = "high" }', "paper.expect.clean must be an accuracy in percent"),
+    ('paper.expect={ clean = { value = 90, tol = 1 } }', "unknown key 'paper.expect.clean.tol'"),
+    ('paper.expect={ clean = { value = 90, tolerance = 1, paper = 101 } }', "paper.expect.clean.paper is an accuracy"),
+    ("paper.tolerance=-1", "paper.tolerance must be finite and >= 0"),
+    ("paper.expect=3", "paper.expect must be a table or an array"),
+    ("paper.expect.0.metric=3", "paper.expect.0.metric must be a string"),
+])
+def test_paper_errors(override, fragment):
+    assert fragment in error(C.ConfigError, override)
+
+
+# --------------------------------------------------------------------------- shipped configs
+@pytest.mark.parametrize("path", C.example_configs(), ids=lambda p: p.name)
+def test_shipped_config_validates_and_builds(path):
+    """Every shipped config parses, round-trips through its resolved TOML and builds all its
+    components (model, defense + attack, optimizer, schedules, callbacks, eval attacks,
+    Trainer) without touching data or training."""
+    torch.set_num_threads(1)
+    c = C.load(path)
+    assert c.name == path.stem.replace("_", "-") and c.description
+    assert C.loads(c.to_toml()).to_dict() == c.to_dict()
+    model = c.build_model()
+    d = c.build_defense()
+    assert isinstance(d, tb.Defense)
+    attacks = c.build_eval_attacks()
+    assert set(attacks) == set(c.eval.attacks) and len(attacks) >= 2
+    assert all(isinstance(a, tb.Attack) for a in attacks.values())
+    # every report attack uses the threat model of the defense's attack (when there is one)
+    if c.defense.attack is not None:
+        assert {a.threat.spec()["eps"] for a in attacks.values()} == {d.attack.threat.spec()["eps"]}
+    trainer = c.build_trainer(model, d)
+    assert trainer.batch_size == c.train.batch_size and len(trainer.callbacks) == len(c.callbacks)
+    x = torch.rand(2, *({"digits": (1, 8, 8)}.get(c.data.name, (1, 28, 28))))
+    assert model(x).shape == (2, 10)
+
+
+def test_example_configs_are_listed():
+    assert {p.name for p in C.example_configs()} >= {"digits_standard.toml", "digits_pgd.toml",
+                                                     "mnist_fgsm_rs.toml"}
+
+
+def test_mnist_config_is_the_papers_setting():
+    """mnist_fgsm_rs.toml: FGSM-RS of Wong et al. 2020 (eps 0.3, step 0.375, unclamped random
+    start, cyclic LR peaking at 5e-3 at 2/5 of training, batch 100, the small fast-AT CNN)."""
+    c = C.load(next(p for p in C.example_configs() if p.name == "mnist_fgsm_rs.toml"))
+    atk = c.build_attack()
+    assert atk.name == "fgsm" and atk.threat == tb.Linf(0.3) and atk.step_size == 0.375
+    assert atk.random_start and not atk.clamp_start
+    lr, eps = c.build_schedules()
+    assert eps is None
+    assert lr(0.0) == pytest.approx(0.0, abs=1e-12) and lr(10.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr(4.0) == pytest.approx(0.005) and lr(2.0) == pytest.approx(0.0025)
+    assert c.train.batch_size == 100 and c.train.epochs == 10 and c.model.name == "mnist-small"
+    assert [cb["name"] for cb in c.callbacks] == ["co-detector"]
+
+
+def test_docs_examples_validate():
+    """The TOML examples of docs/configs.md: the full config, and each [paper] snippet on top of it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    full = C.loads(blocks[0])
+    assert full.name == "digits-pgd-demo" and full.defense.attack.kwargs["steps"] == 7
+    assert full.schedule["eps"]["kind"] == "linear" and len(full.callbacks) == 1
+    figures = [C.loads(blocks[0] + b).paper.expect for b in blocks[1:]]
+    assert figures[0][1] == figures[1][0] == C.Expectation("pgd20", 85.0, 4.0, "Table 2", 88.8)

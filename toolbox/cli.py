@@ -1,25 +1,28 @@
-"""The ``toolbox`` command line (also ``python -m toolbox``).
+"""The ``toolbox`` command line (also ``python -m toolbox``); documented in ``docs/cli.md``.
 
 Sub-commands::
 
     toolbox plugins [--json]                   installed plugins and what each registers
-    toolbox list [KIND] [--json]               registered names (attack, defense, ...) with docs
+    toolbox list [KIND [NAME]] [--json]        registered names; one component's docs + arguments
     toolbox train CONFIG [--set k=v ...] [--run-dir DIR] [--resume]
     toolbox eval CHECKPOINT [--attack pgd,apgd-ce --eps 0.3 --norm linf --steps 20] [--n 1000]
-    toolbox repro PLUGIN [--quick]             run a plugin's reproduction configs
+    toolbox repro PLUGIN [--quick] [--list]    run a plugin's reproduction configs
 
 Plugins add sub-commands through the ``toolbox_add_commands(subparsers)`` hook.  Exit codes:
-0 success, 1 a reproduction missed a paper figure, 2 a usage or config error (one line on
-stderr, no traceback; ``--debug`` shows it).
+0 success, 1 a reproduction missed a paper figure, 2 a usage, config, data or checkpoint error
+(one line ``toolbox: error: ...`` on stderr, no traceback; ``--debug`` shows it).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import difflib
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -58,7 +61,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
     def line(vals: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(vals, widths, numeric)).rstrip()
+                         for v, w, num in zip(vals, widths, numeric, strict=True)).rstrip()
 
     out = [line(columns), line(["-" * w for w in widths])]
     out += [line(row) for row in cells]
@@ -150,25 +153,86 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def _clean_rst(text: str) -> str:
+    """Docstring markup made plain: ``:class:`x``` and ````x```` become ```x```."""
+    return _ROLE.sub(r"`\1`", text).replace("``", "`")
+
+
+def _summary(entry: Any, width: int = 100) -> str:
+    """The first sentence of a registered component's documentation (plain text)."""
+    doc = inspect.getdoc(entry.factory) or ""
+    first = doc.split("\n\n")[0] if entry.doc and doc.startswith(entry.doc) else (entry.doc or "")
+    text = _clean_rst(" ".join(first.split()))
+    m = re.search(r"(?<!e\.g)(?<!i\.e)(?<!\bvs)(?<!\bal)(?<!\bcf)\.(\s|$)", text)
+    if m:
+        text = text[: m.start() + 1]
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+def _signature_rows(entry: Any) -> list[dict[str, Any]]:
+    """The keyword arguments of a registered factory: name, default (or "required")."""
+    from .config import _model_params, _params
+
+    try:
+        sig = inspect.signature(entry.factory)
+    except (TypeError, ValueError):
+        return []
+    rows = [{"argument": prm.name,
+             "default": "(required)" if prm.default is prm.empty else repr(prm.default)}
+            for prm in sig.parameters.values() if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)]
+    if entry.kind == "model":  # the zoo's factories forward **kw to the real builder
+        names, _ = _model_params(entry.name)
+        have = {r["argument"] for r in rows}
+        rows += [{"argument": n, "default": ""} for n in names if n not in have]
+    elif not rows and _params(entry.factory)[1]:
+        rows = [{"argument": "**kwargs", "default": ""}]
+    return rows
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .plugins import registry
 
     reg = registry()
-    kinds = [args.kind] if args.kind else list(KINDS)
     if args.kind and args.kind not in KINDS:
-        raise UnknownNameError(f"unknown kind {args.kind!r}. Available: {', '.join(KINDS)}")
+        raise UnknownNameError(f"unknown kind {args.kind!r}.{_close(args.kind, KINDS)} "
+                               f"Available: {', '.join(KINDS)}")
+    if args.name:
+        if not args.kind:
+            raise ValueError("NAME needs a KIND first, e.g. toolbox list attack pgd")
+        entry = reg.entry(args.kind, args.name)  # UnknownNameError listing the names
+        rows = _signature_rows(entry)
+        if args.json:
+            print(json.dumps({"kind": entry.kind, "name": entry.name, "plugin": entry.plugin,
+                              "doc": inspect.getdoc(entry.factory) or entry.doc,
+                              "arguments": rows}, indent=2))
+            return 0
+        print(f"{entry.kind} {entry.name!r} (plugin {entry.plugin})\n")
+        print(_clean_rst(inspect.getdoc(entry.factory) or entry.doc or "(no documentation)"))
+        if rows:
+            print("\narguments (keys of its config table):")
+            print(format_table(rows))
+        return 0
+    kinds = [args.kind] if args.kind else list(KINDS)
     entries = [e for e in reg.entries() if e.kind in kinds]
     if args.json:
-        print(json.dumps([{"kind": e.kind, "name": e.name, "plugin": e.plugin, "doc": e.doc}
+        print(json.dumps([{"kind": e.kind, "name": e.name, "plugin": e.plugin, "doc": _summary(e)}
                           for e in entries], indent=2))
         return 0
     for i, kind in enumerate(kinds):
-        rows = [{"name": e.name, "plugin": e.plugin, "description": e.doc}
+        rows = [{"name": e.name, "plugin": e.plugin, "description": _summary(e)}
                 for e in sorted(entries, key=lambda e: e.name) if e.kind == kind]
         if not args.kind:
             print(("\n" if i else "") + f"{kind}:")
         print(format_table(rows) if rows else "(none registered)")
     return 0
+
+
+def _close(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 # ------------------------------------------------------------------------------------ train
@@ -212,8 +276,9 @@ def _write_config(cfg: Any, run_dir: Path, argv: Sequence[str] | None) -> None:
     (run_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
-def _check_resume(cfg: Any, run_dir: Path) -> Path:
-    """The checkpoint to resume from; raises when the run's config differs from ``cfg``."""
+def _check_resume(cfg: Any, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from (``None`` when the run has not finished an epoch yet);
+    raises ``ValueError`` naming the differences when the run's config differs from ``cfg``."""
     from .config import config_diff, config_fingerprint
 
     meta_path = run_dir / "config.json"
@@ -229,10 +294,7 @@ def _check_resume(cfg: Any, run_dir: Path) -> Path:
             f"resume with the same config or start a new run directory")
     from .train.checkpoint import latest_checkpoint
 
-    ckpt = latest_checkpoint(run_dir, CHECKPOINT_DIR)
-    if ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint to resume from in {run_dir / CHECKPOINT_DIR}")
-    return ckpt
+    return latest_checkpoint(run_dir, CHECKPOINT_DIR)  # None: no epoch finished, start over
 
 
 def _missing_defaults(cfg: Any) -> list:
@@ -256,11 +318,13 @@ def _checkpointer(cfg: Any) -> list:
     return [Checkpoint()]
 
 
-def evaluate_config(cfg: Any, model: Any, test: Any) -> tuple[Any, list[dict[str, Any]]]:
-    """Run the config's ``[eval]`` on ``model``: ``(report DataFrame, rows)``."""
+def evaluate_config(cfg: Any, model: Any, test: Any,
+                    attacks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Run the config's ``[eval]`` on ``model`` (``attacks`` default to the config's
+    ``[eval.attacks]``): ``(report DataFrame, rows)``; accuracies are fractions in [0, 1]."""
     from .eval import evaluate
 
-    attacks = cfg.build_eval_attacks()
+    attacks = cfg.build_eval_attacks() if attacks is None else attacks
     report = evaluate(model, test, attacks=attacks, n=cfg.eval.n, batch_size=cfg.eval.batch_size,
                       device=cfg.device(), seed=cfg.train.seed)
     return report, report_rows(report)
@@ -286,6 +350,8 @@ def run_experiment(cfg: Any, run_dir: str | os.PathLike, *, resume: bool = False
     Writes ``config.toml`` (the resolved config), ``config.json`` (fingerprint, versions),
     ``history.csv``, ``curves.png``, ``checkpoints/last.pt`` (after every epoch; ``--resume``
     continues from it), and at the end ``eval.csv`` and ``eval.md`` (the worst-case table).
+    Every component is built before anything is written, so a config that fails to build
+    leaves no half-made run directory.  Under ``torchrun`` only rank 0 writes.
     """
     run_dir = Path(run_dir)
     resume_from = None
@@ -295,20 +361,26 @@ def run_experiment(cfg: Any, run_dir: str | os.PathLike, *, resume: bool = False
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
                          f"another --run-dir")
     train, val, test = cfg.build_data()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        _write_config(cfg, run_dir, argv)
+    attacks = cfg.build_eval_attacks()
     trainer = cfg.build_trainer(callbacks=[*_missing_defaults(cfg), *_checkpointer(cfg)], run_dir=run_dir)
-    log(f"{'resuming' if resume else 'training'} {cfg.name!r} in {run_dir} "
+    main_process = getattr(trainer, "is_main_process", True)
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _write_config(cfg, run_dir, argv)
+    if resume and resume_from is None:
+        log(f"--resume: no checkpoint in {run_dir / CHECKPOINT_DIR} yet; starting from epoch 0")
+    log(f"{'resuming' if resume_from is not None else 'training'} {cfg.name!r} in {run_dir} "
         f"({len(train)} train, {len(val) if val is not None else 0} val, {len(test)} test; "
         f"{cfg.train.epochs} epochs on {cfg.device()})")
     history = trainer.fit(train, cfg.train.epochs, val_data=val, resume=resume_from)
-    if not (run_dir / "history.csv").exists():
+    if main_process and not (run_dir / "history.csv").exists():
         history.to_csv(run_dir / "history.csv", index=False)
     model = trainer.model
     model = getattr(model, "module", model)  # DDP
-    report, rows = evaluate_config(cfg, model, test)
-    write_report(rows, run_dir, warns=_warnings(report))
+    report, rows = evaluate_config(cfg, model, test, attacks)
+    if main_process:
+        write_report(rows, run_dir, warns=_warnings(report))
     return RunResult(run_dir, history, report, rows)
 
 
@@ -320,6 +392,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.train.device = args.device
     if args.resume and not args.run_dir:
         raise ValueError("--resume needs --run-dir DIR (the run directory to continue)")
+    if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun pass --run-dir DIR (every process must write to the same run)")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg.name)
     res = run_experiment(cfg, run_dir, resume=args.resume, argv=args._argv)
     if len(res.history):
@@ -430,69 +504,117 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ repro
+def _norm_plugin(name: str) -> str:
+    return name.strip().lower().replace("_", "-").removeprefix("toolbox-")
+
+
 def repro_configs(plugin: str) -> list[Path]:
-    """Paths returned by plugin ``plugin``'s ``toolbox_repro_configs`` hook (matched by plugin
-    name or distribution name)."""
-    from .plugins import system
+    """The reproduction configs of ``plugin`` (matched by plugin, module or distribution
+    name): the paths its ``toolbox_repro_configs`` hook returns, a directory standing for the
+    ``*.toml`` files in it.  An unknown, disabled or failed plugin, or a listed path that does
+    not exist, raises a ``KeyError``/``FileNotFoundError`` naming it."""
+    from .plugins import PluginSystem, system
 
     sysm = system()
     impls = sysm.pm.hook.toolbox_repro_configs.get_hookimpls()
     by_name = {impl.plugin_name: impl for impl in impls}
-    key = plugin.strip().lower()
+    key = _norm_plugin(plugin)
     aliases: dict[str, str] = {}
     for name in by_name:
         info = sysm.info.get(name)
         for a in (name, info.distribution if info else "", info.module if info else ""):
             if a:
-                aliases[a.lower()] = name
-                aliases[a.lower().replace("_", "-").removeprefix("toolbox-")] = name
-    if key not in aliases and key.replace("_", "-").removeprefix("toolbox-") not in aliases:
-        if key in {n.lower() for n in sysm.info}:
-            raise UnknownNameError(f"plugin {plugin!r} ships no reproduction configs (it does not "
+                aliases[_norm_plugin(a)] = name
+    if key not in aliases:
+        known = {_norm_plugin(n): n for n in sysm.info}
+        if key in {_norm_plugin(n) for n in PluginSystem.disabled()}:
+            raise UnknownNameError(f"plugin {plugin!r} is disabled (TOOLBOX_DISABLE_PLUGINS)")
+        failed = {_norm_plugin(n): err for n, err in sysm.failed.items()}
+        if key in failed:
+            raise UnknownNameError(f"plugin {plugin!r} failed to load: {failed[key]}")
+        if key in known:
+            raise UnknownNameError(f"plugin {known[key]!r} ships no reproduction configs (it does not "
                                    f"implement toolbox_repro_configs)")
-        raise UnknownNameError(f"unknown plugin {plugin!r}. Plugins with reproduction configs: "
-                               f"{', '.join(sorted(by_name)) or '(none)'}")
-    name = aliases.get(key) or aliases[key.replace("_", "-").removeprefix("toolbox-")]
-    paths = by_name[name].function() or []
-    return [Path(p) for p in paths]
+        raise UnknownNameError(f"unknown plugin {plugin!r}.{_close(key, list(aliases))} Plugins with "
+                               f"reproduction configs: {', '.join(sorted(by_name)) or '(none)'}")
+    name = aliases[key]
+    paths: list[Path] = []
+    for raw in by_name[name].function() or []:
+        path = Path(raw)
+        if path.is_dir():
+            paths += sorted(path.glob("*.toml"))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"plugin {name!r} lists the reproduction config {str(path)!r}, "
+                                    f"which does not exist (is the plugin installed with its repro/ files?)")
+    return paths
+
+
+def _paper_figure(cfg: Any, e: Any) -> float | None:
+    """The paper's own number for a figure: ``paper`` when given, else ``value`` unless the
+    config is a scale-down (``paper.quick``), whose values are its own expectations."""
+    if e.paper is not None:
+        return e.paper
+    return None if cfg.paper.quick else e.value
+
+
+def repro_rows(cfg: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One table row per expected figure of ``cfg``: the paper's figure, the expected value
+    and tolerance, the measured accuracy (percent, from the eval rows), the difference and
+    ``pass``/``FAIL``; without expected figures, one ``n/a`` row per eval row."""
+    expect = cfg.paper.expect if cfg.paper else []
+    out = []
+    if not expect:
+        for r in rows:
+            out.append({"config": cfg.name, "metric": r["attack"], "source": "", "paper": None,
+                        "expected": None, "tolerance": None,
+                        "measured": round(100.0 * float(r["accuracy"]), 2), "diff": None, "result": "n/a"})
+    for e in expect:
+        got = _accuracy(rows, e.metric)
+        out.append({"config": cfg.name, "metric": e.metric, "source": e.source,
+                    "paper": _paper_figure(cfg, e), "expected": e.value, "tolerance": e.tolerance,
+                    "measured": round(got, 2), "diff": round(got - e.value, 2),
+                    "result": "pass" if e.check(got) else "FAIL"})
+    return out
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
     from .config import load
 
     paths = repro_configs(args.plugin)
-    configs = [load(p, args.set or []) for p in paths]
+    configs = [load(p, args.set or []) for p in paths]  # validate every config before running any
     if args.quick:
         configs = [c for c in configs if c.paper is not None and c.paper.quick]
     if not configs:
         what = "quick (paper.quick = true) " if args.quick else ""
         raise ValueError(f"plugin {args.plugin!r} has no {what}reproduction configs to run")
     if args.list:
-        print(format_table([{"config": c.name, "quick": bool(c.paper and c.paper.quick),
-                             "expected figures": len(c.paper.expect) if c.paper else 0,
-                             "file": str(c.source)} for c in configs]))
+        rows = []
+        for c in configs:
+            figures = ", ".join(f"{e.metric} {e.value:g}±{e.tolerance:g}" for e in c.paper.expect) \
+                if c.paper else ""
+            rows.append({"config": c.name, "quick": bool(c.paper and c.paper.quick),
+                         "epochs": c.train.epochs, "figures": figures or "-", "file": str(c.source)})
+        print(format_table(rows))
         return 0
-    root = Path(args.run_dir) if args.run_dir else default_run_dir(f"repro-{args.plugin}")
+    root = Path(args.run_dir) if args.run_dir else default_run_dir(f"repro-{_norm_plugin(args.plugin)}")
     table: list[dict[str, Any]] = []
+    used: set[str] = set()
     for cfg in configs:
         if args.device:
             cfg.train.device = args.device
-        res = run_experiment(cfg, root / cfg.name, argv=args._argv)
-        expect = cfg.paper.expect if cfg.paper else []
-        if not expect:
-            for r in res.rows:
-                table.append({"config": cfg.name, "metric": r["attack"], "source": "", "paper": None,
-                              "tolerance": None, "measured": 100.0 * float(r["accuracy"]),
-                              "diff": None, "result": "n/a"})
-        for e in expect:
-            got = _accuracy(res.rows, e.metric)
-            table.append({"config": cfg.name, "metric": e.metric, "source": e.source, "paper": e.value,
-                          "tolerance": e.tolerance, "measured": round(got, 2),
-                          "diff": round(got - e.value, 2), "result": "pass" if e.check(got) else "FAIL"})
+        sub, k = cfg.name, 1
+        while sub in used:  # two configs with one name: distinct run directories
+            k += 1
+            sub = f"{cfg.name}-{k}"
+        used.add(sub)
+        res = run_experiment(cfg, root / sub, argv=args._argv)
+        table += repro_rows(cfg, res.rows)
     print(format_table(table))
-    (root / "repro.md").write_text(format_markdown(table))
     import pandas as pd
 
+    (root / "repro.md").write_text(format_markdown(table))
     pd.DataFrame(table).to_csv(root / "repro.csv", index=False)
     failed = [r for r in table if r["result"] == "FAIL"]
     checked = [r for r in table if r["result"] != "n/a"]
@@ -501,59 +623,95 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------- parser
+class UsageError(ValueError):
+    """A command-line usage error (unknown option, missing argument ...)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``toolbox: error: ...`` (exit code 2 from :func:`main`)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = [c.strip(" '") for c in m.group(2).split(",")]
+            message = message[: m.start()] + f"invalid choice {m.group(1)!r}.{_close(m.group(1), choices)} " \
+                f"Choose from: {', '.join(choices)}"
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``toolbox`` argument parser, with the sub-commands plugins add."""
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="toolbox", description="Adversarial-robustness toolbox: "
-                                "train, evaluate and reproduce, extended by plugins.")
+    p = _Parser(prog="toolbox", description="Adversarial-robustness toolbox: train, evaluate and "
+                "reproduce, extended by plugins.", epilog="Exit codes: 0 ok, 1 a reproduction missed "
+                "a paper figure, 2 usage/config/data error.  Docs: docs/cli.md, docs/configs.md.")
     p.add_argument("--version", action="version", version=f"toolbox {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # --debug is accepted after the sub-command too (SUPPRESS: does not reset the top-level one)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("plugins", help="list installed plugins and what each registers")
+    def add(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=kw.pop("description", help),
+                              parents=[common], **kw)
+
+    s = add("plugins", "list installed plugins and what each registers")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_plugins)
 
-    s = sub.add_parser("list", help="list registered components of one kind (or all)")
+    s = add("list", "list registered components of one kind (or all); with NAME, its documentation "
+            "and arguments")
     s.add_argument("kind", nargs="?", help=f"one of {', '.join(KINDS)}")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("name", nargs="?", help="a registered name: show its documentation and arguments")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_list)
 
     sets = dict(action="append", metavar="KEY=VALUE", default=[],
-                help="override a config value, e.g. --set train.epochs=3 (value parsed as TOML)")
+                help="override a config value, e.g. --set train.epochs=3 (value parsed as TOML; "
+                     "repeatable)")
 
-    s = sub.add_parser("train", help="train and evaluate one TOML experiment config")
-    s.add_argument("config", help="experiment config (.toml)")
+    s = add("train", "train and evaluate one TOML experiment config",
+            description="Train and evaluate one TOML experiment config.  The run directory gets "
+                        "config.toml, config.json, history.csv, curves.png, checkpoints/ and "
+                        "eval.csv/eval.md.")
+    s.add_argument("config", help="experiment config (.toml); see docs/configs.md")
     s.add_argument("--set", **sets)
     s.add_argument("--run-dir", help="run directory (default runs/<name>-<timestamp>)")
-    s.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    s.add_argument("--device", help="override train.device (cpu, cuda, auto)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last checkpoint (same config)")
+    s.add_argument("--device", help="override train.device (cpu, cuda, cuda:N, auto)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("eval", help="evaluate a checkpoint; prints the worst-case table")
-    s.add_argument("checkpoint")
+    s = add("eval", "evaluate a checkpoint; prints the per-example worst-case table")
+    s.add_argument("checkpoint", help="checkpoints/last.pt of a run, best.pt, or a model state_dict")
     s.add_argument("--config", help="experiment config (default: config.toml of the checkpoint's run)")
     s.add_argument("--set", **sets)
     s.add_argument("--attack", action="append", metavar="NAME[,NAME]",
                    help="attack(s) to run (default: the config's [eval.attacks])")
-    s.add_argument("--eps", type=float, help="radius in [0, 1] pixel units")
+    s.add_argument("--eps", type=float, help="radius in [0, 1] pixel units (needed with --attack)")
     s.add_argument("--norm", help="threat model: linf (default), l2, l1, ...")
-    s.add_argument("--steps", type=int)
-    s.add_argument("--step-size", type=float)
-    s.add_argument("--restarts", type=int)
+    s.add_argument("--steps", type=int, help="attack iterations (attacks that take steps)")
+    s.add_argument("--step-size", type=float, help="attack step size")
+    s.add_argument("--restarts", type=int, help="random restarts (attacks that take restarts)")
     s.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     s.add_argument("--n", type=int, help="number of test examples (default: the config's eval.n)")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--split", default="test")
+    s.add_argument("--batch-size", type=int, help="evaluation batch size (default: eval.batch_size)")
+    s.add_argument("--split", default="test", help="dataset split (default test)")
     s.add_argument("--device", help="override train.device")
     s.add_argument("--csv", help="also write the table to this CSV file")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the table as JSON")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("repro", help="run a plugin's reproduction configs; paper vs measured")
+    s = add("repro", "run a plugin's reproduction configs; paper vs measured",
+            description="Run the reproduction configs a plugin ships (toolbox_repro_configs hook) "
+                        "and print the paper's figures beside the measured ones.  Exit code 1 "
+                        "when a figure misses its tolerance.")
     s.add_argument("plugin", help="plugin name (see `toolbox plugins`)")
     s.add_argument("--quick", action="store_true", help="only the CPU scale-downs (paper.quick = true)")
-    s.add_argument("--list", action="store_true", help="list the configs and exit")
+    s.add_argument("--list", action="store_true", help="list the configs and their figures, run nothing")
     s.add_argument("--set", **sets)
     s.add_argument("--run-dir", help="root directory for the runs (default runs/repro-<plugin>-<timestamp>)")
     s.add_argument("--device", help="override train.device")
@@ -586,28 +744,32 @@ def _one_line(exc: BaseException) -> str:
     for line in (ln.strip() for ln in msg.splitlines()):
         if line:
             out += line if not out else (" " if out.endswith(":") else "; ") + line
+    if type(exc).__name__ == "DatasetNotFoundError" and "data.root" not in out:
+        out += ' (in a config: [data] root = "DIR", or --set data.root=DIR)'
     return out
 
 
+#: errors shown as one line with exit code 2; anything else is a bug and keeps its traceback
+EXPECTED_ERRORS = (ValueError, KeyError, OSError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 failed reproduction, 2 usage/config error)."""
+    """Run the CLI; returns the exit code (0 ok, 1 failed reproduction, 2 usage/config/data
+    error, shown as one line ``toolbox: error: ...`` on stderr; ``--debug`` raises instead)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, argparse usage errors
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    except (ValueError, KeyError) as exc:  # e.g. duplicate names while loading plugins
-        print(f"toolbox: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
-    args._argv = argv
-    try:
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        args._argv = argv
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        if args.debug:
+    except SystemExit as exc:  # --help, --version; a plugin command calling sys.exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except EXPECTED_ERRORS as exc:
+        if debug and not isinstance(exc, UsageError):
             raise
         print(f"toolbox: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -45,7 +45,7 @@ Load with :func:`load` (a path) or :func:`from_dict`; both validate strictly and
     # grad_clip = 10.0
 
     [[callbacks]]                          # any registered callback; other keys are its kwargs
-    name = "early-stopping"
+    name = "robust-early-stopping"         # keeps the best robust-validation weights
 
     [eval]                                 # the report written at the end of `toolbox train`
     n = 1000
@@ -59,11 +59,11 @@ Load with :func:`load` (a path) or :func:`from_dict`; both validate strictly and
     [paper]                                # optional; used by `toolbox repro`
     title = "Fast is better than free"
     quick = true                           # a CPU scale-down: run by `toolbox repro --quick`
-    [[paper.expect]]
-    metric = "clean"                       # an eval row: "clean", an attack name, "worst-case"
-    value = 98.5                           # accuracy in percent
-    tolerance = 1.5
-    source = "Table 4.4"
+    tolerance = 2.0                        # default tolerance, percentage points
+    [paper.expect]                         # eval-report row -> accuracy in percent
+    clean = 98.5
+    pgd20 = { value = 88.0, tolerance = 3.0, source = "Table 4", paper = 88.77 }
+    # or an array: [[paper.expect]] with metric = "clean", value = 98.5, tolerance = 1.5
 
 Every unknown key raises :class:`ConfigError` (a ``ValueError``) naming its path and listing
 the allowed keys; unknown component names raise the registry's ``KeyError``; keys that are
@@ -422,27 +422,40 @@ class EvalSpec:
 
 @dataclass
 class Expectation:
-    """One figure from the paper: ``metric`` (an eval row name: ``clean``, an attack's report
-    name, ``worst-case``), ``value`` (accuracy in percent), ``tolerance`` (percentage points;
-    the check passes when ``|measured - value| <= tolerance``), ``source`` (where in the paper)."""
+    """One figure a reproduction config must reach.
+
+    ``metric``: a row of the eval report (``clean``, a name under ``[eval.attacks]``,
+    ``worst-case``); ``value``: the accuracy in percent this config should measure;
+    ``tolerance``: percentage points, the check passes when ``|measured - value| <= tolerance``;
+    ``source``: where in the paper (``"Table 1"``); ``paper``: the paper's own figure when
+    ``value`` is a scale-down's expectation (``None``: ``value`` is the paper's figure).
+    """
 
     metric: str
     value: float
     tolerance: float
     source: str = ""
+    paper: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"metric": self.metric, "value": self.value, "tolerance": self.tolerance}
+        out: dict[str, Any] = {"metric": self.metric, "value": self.value, "tolerance": self.tolerance}
         if self.source:
             out["source"] = self.source
+        if self.paper is not None:
+            out["paper"] = self.paper
         return out
 
     def check(self, measured: float) -> bool:
+        """Whether ``measured`` (accuracy in percent) is within the tolerance of ``value``."""
         return math.isfinite(measured) and abs(measured - self.value) <= self.tolerance + 1e-9
 
 
 @dataclass
 class PaperSpec:
+    """The ``[paper]`` table of a reproduction config: ``title``, ``source`` (citation or
+    URL), ``quick`` (a CPU scale-down run by ``toolbox repro --quick``) and the figures
+    (:class:`Expectation`)."""
+
     title: str = ""
     source: str = ""
     quick: bool = False
@@ -854,29 +867,58 @@ def _parse_eval(raw: Mapping[str, Any]) -> EvalSpec:
     return EvalSpec(n, bs, split, attacks)
 
 
+def _percent(table: Mapping[str, Any], path: str, key: str, *, required: bool = False) -> float | None:
+    v = _get(table, path, key, float, required=required)
+    if v is not None and not 0 <= v <= 100:
+        raise ConfigError(f"{_join(path, key)} is an accuracy in percent, must be in [0, 100], got {v}")
+    return v
+
+
 def _parse_paper(raw: Mapping[str, Any], eval_spec: EvalSpec) -> PaperSpec:
+    """``[paper]``: ``expect`` is either a table ``metric -> value`` (a number, or a table with
+    ``value``, ``tolerance``, ``source``, ``paper``) or an array of tables ``[[paper.expect]]``
+    with ``metric`` and the same keys; ``paper.tolerance`` is the default tolerance."""
     path = "paper"
-    _check_keys(path, raw, ["title", "source", "quick", "expect"])
+    _check_keys(path, raw, ["title", "source", "quick", "tolerance", "expect"])
     title = _get(raw, path, "title", str, "")
     source = _get(raw, path, "source", str, "")
     quick = _get(raw, path, "quick", bool, False)
-    expect_raw = _get(raw, path, "expect", list, [])
+    default_tol = _nonneg_float(raw, path, "tolerance")
+    expect_raw = _get(raw, path, "expect", (dict, list), [])
     metrics = ["clean", *eval_spec.attacks, "worst-case"]
+    items: list[tuple[str, str | None, Any]] = []  # (key path, metric or None, entry)
+    if isinstance(expect_raw, dict):  # [paper.expect] metric = value
+        for metric, entry in expect_raw.items():
+            epath = f"paper.expect.{metric}"
+            if isinstance(entry, bool) or not isinstance(entry, (int, float, dict)):
+                raise ConfigError(f"{epath} must be an accuracy in percent or a table "
+                                  f"{{ value = ..., tolerance = ... }}, got {entry!r}")
+            items.append((epath, metric, entry if isinstance(entry, dict) else {"value": entry}))
+    else:  # [[paper.expect]] with metric = ...
+        for i, entry in enumerate(expect_raw):
+            epath = f"paper.expect.{i}"
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{epath} must be a table ([[paper.expect]]), got {entry!r}")
+            items.append((epath, None, entry))
     expect = []
-    for i, e in enumerate(expect_raw):
-        epath = f"paper.expect.{i}"
-        if not isinstance(e, dict):
-            raise ConfigError(f"{epath} must be a table ([[paper.expect]]), got {e!r}")
-        _check_keys(epath, e, ["metric", "value", "tolerance", "source"])
-        metric = _get(e, epath, "metric", str, required=True)
+    for epath, metric, e in items:
+        keys = ["value", "tolerance", "source", "paper"]
+        _check_keys(epath, e, keys if metric is not None else ["metric", *keys])
+        if metric is None:
+            metric = _get(e, epath, "metric", str, required=True)
+            where = f"{epath}.metric = {metric!r}"
+        else:
+            where = epath
         if metric not in metrics:
-            raise ConfigError(f"{epath}.metric = {metric!r} is not a row of the eval report."
-                              f"{_suggest(metric, metrics)} Available: {', '.join(metrics)}")
-        value = _get(e, epath, "value", float, required=True)
-        if not 0 <= value <= 100:
-            raise ConfigError(f"{epath}.value is an accuracy in percent, must be in [0, 100], got {value}")
-        tol = _nonneg_float(e, epath, "tolerance", required=True)
-        expect.append(Expectation(metric, value, tol, _get(e, epath, "source", str, "")))
+            raise ConfigError(f"{where} is not a row of the eval report.{_suggest(metric, metrics)} "
+                              f"Available: {', '.join(metrics)} (add the attack under [eval.attacks])")
+        value = _percent(e, epath, "value", required=True)
+        tol = _nonneg_float(e, epath, "tolerance", default_tol)
+        if tol is None:
+            raise ConfigError(f"missing key {_join(epath, 'tolerance')!r}: give it per figure or "
+                              f"paper.tolerance for all (percentage points)")
+        expect.append(Expectation(metric, value, tol, _get(e, epath, "source", str, ""),
+                                  _percent(e, epath, "paper")))
     return PaperSpec(title, source, quick, expect)
 
 
@@ -1042,7 +1084,7 @@ def config_diff(a: ExperimentConfig | Mapping[str, Any], b: ExperimentConfig | M
             for k in sorted(set(x) | set(y)):
                 walk(x.get(k, "<unset>"), y.get(k, "<unset>"), _join(path, k))
         elif isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
-            for i, (u, v) in enumerate(zip(x, y)):
+            for i, (u, v) in enumerate(zip(x, y, strict=True)):
                 walk(u, v, _join(path, i))
         elif x != y:
             out.append(f"{path}: {x!r} -> {y!r}")
