@@ -11,8 +11,16 @@ entry point of the group ``toolbox``.  Environment variables:
 ``TOOLBOX_TRACE_PLUGINS=1``
     print every hook call (pluggy tracing) to stderr.
 
-A plugin that raises on import, or inside ``toolbox_register``, produces a
-:class:`PluginLoadWarning` naming it; everything else still loads.
+A plugin that raises on import, or inside ``toolbox_register``, or whose hooks do not match the
+specs (a misspelled ``toolbox_*`` name, wrong argument names) produces a
+:class:`PluginLoadWarning` naming it and is skipped; everything else still loads.  A second
+distribution using an entry-point name already taken is skipped with a warning naming both.
+Two plugins registering the same component name raise
+:class:`~toolbox.registry.DuplicateNameError` naming both.
+
+Note: ``toolbox.plugins`` as an *attribute* of the package is the function ``tb.plugins()``;
+reach this module with ``from toolbox.plugins import system`` or
+``importlib.import_module("toolbox.plugins")``.
 """
 
 from __future__ import annotations
@@ -92,29 +100,53 @@ class PluginSystem:
         if os.environ.get("TOOLBOX_DISABLE_PLUGIN_AUTOLOAD", "").lower() in ("1", "true", "yes"):
             return
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in disabled or ep.name in self.info:
+            if ep.name in disabled:
                 continue
             dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else ""
+            if ep.name in self.info or ep.name in self.failed:
+                other = self.info[ep.name].distribution if ep.name in self.info else "a failed plugin"
+                if dist_name != other:  # the same distribution seen twice on sys.path is harmless
+                    warnings.warn(
+                        f"toolbox plugin name {ep.name!r} of distribution {dist_name or ep.value!r} "
+                        f"is already taken by {other!r}; the second one was skipped",
+                        PluginLoadWarning,
+                        stacklevel=3,
+                    )
+                continue
             try:
                 module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure must not break the rest
+                info = PluginInfo(ep.name, ep.value, dist.version if dist is not None else "",
+                                  dist_name, False)
+                self._register(module, ep.name, info)
+                self._check_hooks(module, ep.name)
+            except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the rest
+                if self.pm.has_plugin(ep.name):
+                    self.pm.unregister(name=ep.name)
+                self.info.pop(ep.name, None)
                 self.failed[ep.name] = f"{type(exc).__name__}: {exc}"
                 warnings.warn(
-                    f"toolbox plugin {ep.name!r} ({ep.value}) failed to import and was skipped: "
+                    f"toolbox plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
                     f"{type(exc).__name__}: {exc}",
                     PluginLoadWarning,
                     stacklevel=3,
                 )
-                continue
-            info = PluginInfo(
-                ep.name,
-                ep.value,
-                dist.version if dist is not None else "",
-                dist.metadata["Name"] if dist is not None else "",
-                False,
-            )
-            self._register(module, ep.name, info)
         self.pm.check_pending()
+
+    def _check_hooks(self, plugin: Any, name: str) -> None:
+        """Reject hook implementations that match no spec (a misspelled ``toolbox_*`` name),
+        which pluggy would otherwise only report, for every plugin at once, later."""
+        unknown = sorted(
+            caller.name
+            for caller in self.pm.get_hookcallers(plugin) or []
+            if not caller.has_spec()
+            for impl in caller.get_hookimpls()
+            if impl.plugin is plugin and not impl.optionalhook
+        )
+        if unknown:
+            raise pluggy.PluginValidationError(
+                plugin, f"plugin {name!r} implements unknown hooks {unknown}; the hooks are: "
+                        f"{', '.join(sorted(n for n in dir(hookspecs) if n.startswith('toolbox_')))}")
 
     def _register(self, plugin: Any, name: str, info: PluginInfo) -> None:
         self.pm.register(plugin, name=name)
@@ -125,17 +157,33 @@ class PluginSystem:
         self._registry = None
 
     def register(self, plugin: Any, name: str | None = None) -> str:
-        """Register a plugin object at run time (tests, notebooks); returns its name."""
+        """Register a plugin object at run time (tests, notebooks); returns its name.
+
+        ``plugin`` is a module or object with ``@toolbox.hookimpl`` functions.  Raises
+        ``ValueError`` when the name is taken and ``pluggy.PluginValidationError`` when a hook
+        does not match its spec (unknown hook or argument names).
+        """
         with self._lock:
             name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
+            if name in self.info or self.pm.has_plugin(name):
+                raise ValueError(f"a toolbox plugin named {name!r} is already registered")
             version = str(getattr(plugin, "__version__", ""))
-            self._register(plugin, name, PluginInfo(name, str(plugin), version, "", False))
+            module = getattr(plugin, "__name__", None) or type(plugin).__name__
+            self._register(plugin, name, PluginInfo(name, str(module), version, "", False))
+            try:
+                self._check_hooks(plugin, name)
+            except Exception:
+                self.unregister(name)
+                raise
             return name
 
     def unregister(self, name: str) -> None:
+        """Remove the plugin registered as ``name`` (the registry is rebuilt on next use)."""
         with self._lock:
-            self.pm.unregister(name=name)
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
             self.info.pop(name, None)
+            self.failed.pop(name, None)
             self._registry = None
 
     # -- registry -----------------------------------------------------------------------------
@@ -148,6 +196,9 @@ class PluginSystem:
 
     def _build_registry(self) -> Registry:
         reg = Registry()
+        for name in list(self.failed):  # failures inside toolbox_register are re-evaluated
+            if name in self.info:
+                del self.failed[name]
         # call each implementation separately so every entry knows which plugin made it
         for impl in reversed(self.pm.hook.toolbox_register.get_hookimpls()):
             name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
