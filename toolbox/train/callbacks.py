@@ -221,14 +221,9 @@ class ProgressBar(Callback):
     @property
     def active(self) -> bool:
         """Whether the bar draws: ``enabled`` if given, else stderr is a TTY and ``CI`` is unset."""
-        if self.enabled is not None:
-            return self.enabled
-        if os.environ.get("CI"):
-            return False
-        try:
-            return bool(sys.stderr.isatty())
-        except (AttributeError, ValueError):
-            return False
+        from ..eval import _show_progress
+
+        return _show_progress(self.enabled)
 
     def on_epoch_start(self, trainer, epoch):
         self._close()
