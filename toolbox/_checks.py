@@ -4,6 +4,7 @@ and the offending value, as the design contract requires."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -12,6 +13,11 @@ import torch
 def check_eps(eps: Any, name: str = "eps") -> float | torch.Tensor:
     """A finite, non-negative radius: a float, or a 1-D tensor of per-example radii ``(N,)``."""
     if isinstance(eps, torch.Tensor):
+        if eps.dtype == torch.bool or eps.is_complex():
+            raise ValueError(f"{name} must hold real radii, got a tensor of dtype {eps.dtype}")
+        eps = eps.detach()
+        if not eps.is_floating_point():
+            eps = eps.to(torch.get_default_dtype())
         if eps.dim() == 0:
             eps = float(eps)
         else:
@@ -21,7 +27,7 @@ def check_eps(eps: Any, name: str = "eps") -> float | torch.Tensor:
                 bad = eps[~torch.isfinite(eps) | (eps < 0)][0].item()
                 raise ValueError(f"{name} must be finite and >= 0, got {bad}")
             return eps
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise ValueError(f"{name} must be a number or a 1-D tensor, got {eps!r}")
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
@@ -30,10 +36,16 @@ def check_eps(eps: Any, name: str = "eps") -> float | torch.Tensor:
 
 
 def check_positive(value: Any, name: str, *, allow_zero: bool = False, integer: bool = False) -> Any:
-    ok_type = (int,) if integer else (int, float)
+    """A finite number ``> 0`` (``>= 0`` with ``allow_zero``); with ``integer`` an integer.
+
+    numpy scalars are accepted and returned as plain ``int``/``float`` (JSON-friendly specs);
+    ``bool``, strings, tensors and integer-valued floats for ``integer`` are rejected.
+    """
+    ok_type = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, ok_type):
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+    value = int(value) if integer else (value if isinstance(value, int) else float(value))
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value}")
@@ -50,9 +62,10 @@ def check_images(x: Any, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name} must have a batch dimension, shape (N, ...), got shape {tuple(x.shape)}")
     if x.numel() == 0:
         return x
-    if torch.isnan(x).any():
+    lo_t, hi_t = torch.aminmax(x.detach())  # one pass; NaN propagates into both
+    lo, hi = torch.stack([lo_t, hi_t]).tolist()  # one device sync
+    if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN")
-    lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
         raise ValueError(f"{name} must lie in [0, 1] (normalisation belongs inside the model), got range [{lo:.4g}, {hi:.4g}]")
     return x

@@ -36,6 +36,19 @@ def _rtol(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-5
 
 
+def _cast_toward(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Cast ``z`` (float64, same shape as ``x``) to ``x.dtype`` rounding every coordinate
+    towards ``x``: ``|z' - x| <= |z - x|`` coordinate-wise, so a point inside a norm ball around
+    ``x`` (and inside the box, which contains ``x``) stays inside after the cast.  Plain
+    round-to-nearest could push an ℓ1 projection past the radius by ``d`` half-ulps."""
+    if x.dtype == torch.float64:
+        return z
+    zc = z.to(x.dtype)
+    xd = x.double()
+    away = (zc.double() - xd).abs() > (z - xd).abs()
+    return torch.where(away, torch.nextafter(zc, x), zc)
+
+
 class ThreatModel:
     """Base class of all threat models.
 
@@ -50,6 +63,19 @@ class ThreatModel:
 
     def __init__(self, eps: float | torch.Tensor) -> None:
         self.eps = check_eps(eps)
+
+    def _check_batch(self, x: torch.Tensor, other: torch.Tensor | None = None,
+                     other_name: str = "x_adv") -> None:
+        """``ValueError`` when a per-example ``eps`` does not have one entry per row of ``x``,
+        or when ``other`` (``x_adv``) and ``x`` differ in shape (they would broadcast silently)."""
+        if other is not None and other.shape != x.shape:
+            raise ValueError(f"{other_name} must have the shape of x {tuple(x.shape)}, "
+                             f"got {tuple(other.shape)}")
+        eps = self.eps
+        if isinstance(eps, torch.Tensor) and (x.dim() == 0 or eps.shape[0] != x.shape[0]):
+            n = x.shape[0] if x.dim() else "no"
+            raise ValueError(f"eps is per-example with {eps.shape[0]} entries but x has {n} "
+                             f"examples (shape {tuple(x.shape)})")
 
     # -- required geometry ----------------------------------------------------------------
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
@@ -90,6 +116,7 @@ class ThreatModel:
         ``rtol`` defaults to 1e-5 for float32 (float sums over many pixels round) and 1e-10 for
         float64.
         """
+        self._check_batch(x, x_adv)
         rtol = _rtol(x_adv.dtype) if rtol is None else rtol
         eps = self.eps
         if isinstance(eps, torch.Tensor):
@@ -156,24 +183,47 @@ class Linf(LpBall):
     p = math.inf
 
     def random_init(self, x, generator=None, *, box=True):
+        self._check_batch(x)
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x0 = x + (2 * u - 1) * _col(self.eps, x)
         return x0.clamp(0, 1) if box else x0
 
     def project(self, x_adv, x):
+        if x_adv.shape != x.shape:
+            self._check_batch(x, x_adv)
         lo, hi = self._bounds(x)
         return torch.clamp(x_adv, lo, hi)
 
+    def step(self, x_adv, x, grad, step_size, *, loss_fn=None, generator=None):
+        """``clamp(x_adv + step_size * sign(grad), max(x - eps, 0), min(x + eps, 1))`` in one
+        buffer (the hot path of every L∞ attack: four element-wise passes, one allocation).
+        Subclasses that override :meth:`ascent` or :meth:`project` get the generic step."""
+        cls = type(self)
+        if cls.ascent is not Linf.ascent or cls.project is not Linf.project:
+            return super().step(x_adv, x, grad, step_size, loss_fn=loss_fn, generator=generator)
+        if x_adv.shape != x.shape or grad.shape != x.shape:
+            self._check_batch(x, x_adv)
+            self._check_batch(x, grad, "grad")
+        lo, hi = self._bounds(x)
+        out = grad.sign()
+        out.mul_(_col(step_size, out)).add_(x_adv)
+        return out.clamp_(lo, hi)
+
     def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(max(x - eps, 0), min(x + eps, 1))``, cached for the ``x`` of the running attack
-        (an iterative attack projects around the same ``x`` at every step)."""
-        key = (x.data_ptr(), x._version, x.shape, x.dtype, x.device)
+        """``(max(x - eps, 0), min(x + eps, 1))``, cached for the ``x`` and ``eps`` of the running
+        attack (an iterative attack projects around the same ``x`` at every step).  The cache
+        holds one reference to that ``x``; a new ``x``, an in-place change of it, or a new
+        ``eps`` (assigned or changed in place) recomputes the bounds."""
+        eps = self.eps
+        ekey = (eps._version,) if isinstance(eps, torch.Tensor) else (eps,)
+        key = (x.data_ptr(), x._version, x.shape, x.dtype, x.device) + ekey
         cache = self.__dict__.get("_bounds_cache")
-        if cache is not None and cache[0] == key and cache[1] is x:
-            return cache[2], cache[3]
-        e = _col(self.eps, x)
+        if cache is not None and cache[0] == key and cache[1] is x and cache[2] is eps:
+            return cache[3], cache[4]
+        self._check_batch(x)
+        e = _col(eps, x)
         lo, hi = (x - e).clamp_min(0), (x + e).clamp_max(1)
-        self.__dict__["_bounds_cache"] = (key, x, lo, hi)
+        self.__dict__["_bounds_cache"] = (key, x, eps, lo, hi)
         return lo, hi
 
     def with_eps(self, eps):
@@ -197,20 +247,22 @@ class L2(LpBall):
     p = 2.0
 
     def random_init(self, x, generator=None, *, box=True):
+        self._check_batch(x)
         n, d = x.shape[0], x[0].numel()
-        g = torch.randn((n, d), generator=generator, device=x.device, dtype=x.dtype)
+        g = torch.randn((n, d), generator=generator, device=x.device, dtype=x.dtype).double()
         g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        r = torch.rand((n, 1), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
-        eps = self.eps if not isinstance(self.eps, torch.Tensor) else self.eps.to(x).view(-1, 1)
-        x0 = x + (g * r * eps).view_as(x)
-        return x0.clamp(0, 1) if box else x0
+        r = torch.rand((n, 1), generator=generator, device=x.device, dtype=x.dtype).double() ** (1.0 / d)
+        eps = self.eps if not isinstance(self.eps, torch.Tensor) else self.eps.to(g).view(-1, 1)
+        x0 = x.double() + (g * r * eps).view(x.shape)
+        return _cast_toward(x0.clamp(0, 1) if box else x0, x)
 
     def ascent(self, grad, x_adv=None, generator=None):
         n = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
         return grad / _col(n, grad)
 
     def project(self, x_adv, x):
-        shape, dtype = x_adv.shape, x_adv.dtype
+        self._check_batch(x, x_adv)
+        shape = x_adv.shape
         xf, vf = x.flatten(1).double(), x_adv.flatten(1).double()
         eps = self.eps.to(xf).view(-1) if isinstance(self.eps, torch.Tensor) else torch.full(
             (xf.shape[0],), float(self.eps), dtype=xf.dtype, device=xf.device)
@@ -219,7 +271,7 @@ class L2(LpBall):
         over = (z - xf).norm(dim=1) > eps
         if over.any():
             z[over] = _l2_box_shrink(xf[over], w[over], eps[over])
-        return z.to(dtype).view(shape)
+        return _cast_toward(z.view(shape), x)
 
 
 def _box_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -275,13 +327,14 @@ class L1(LpBall):
         self.k = k
 
     def random_init(self, x, generator=None, *, box=True):
+        self._check_batch(x)
         n, d = x.shape[0], x[0].numel()
         e = -torch.rand((n, d + 1), generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12).log()
         s = torch.randint(0, 2, (n, d), generator=generator, device=x.device).to(x.dtype) * 2 - 1
-        u = s * e[:, :d] / e.sum(1, keepdim=True)  # uniform in the unit ℓ1 ball
-        eps = self.eps if not isinstance(self.eps, torch.Tensor) else self.eps.to(x).view(-1, 1)
-        x0 = x + (u * eps).view_as(x)
-        return x0.clamp(0, 1) if box else x0
+        u = s.double() * e[:, :d].double() / e.double().sum(1, keepdim=True)  # uniform in the unit ℓ1 ball
+        eps = self.eps if not isinstance(self.eps, torch.Tensor) else self.eps.to(u).view(-1, 1)
+        x0 = x.double() + (u * eps).view(x.shape)
+        return _cast_toward(x0.clamp(0, 1) if box else x0, x)
 
     def ascent(self, grad, x_adv=None, generator=None):
         g = grad.flatten(1)
@@ -300,7 +353,8 @@ class L1(LpBall):
         return direction.view_as(grad)
 
     def project(self, x_adv, x):
-        shape, dtype = x_adv.shape, x_adv.dtype
+        self._check_batch(x, x_adv)
+        shape = x_adv.shape
         xf, vf = x.flatten(1).double(), x_adv.flatten(1).double()
         eps = self.eps.to(xf).view(-1) if isinstance(self.eps, torch.Tensor) else torch.full(
             (xf.shape[0],), float(self.eps), dtype=xf.dtype, device=xf.device)
@@ -308,7 +362,7 @@ class L1(LpBall):
         over = (z - xf).abs().sum(1) > eps
         if over.any():
             z[over] = _l1_box_shrink(xf[over], vf[over] - xf[over], eps[over])
-        return z.to(dtype).view(shape)
+        return _cast_toward(z.view(shape), x)
 
 
 def _sum_relu(c_sorted: torch.Tensor, csum: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

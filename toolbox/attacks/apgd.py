@@ -15,9 +15,11 @@ def checkpoints(steps: int) -> list[int]:
     """Iterations at which APGD may halve its step: ``ceil(p_j * steps)`` with ``p_0 = 0``,
     ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``."""
     p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if q <= 1 and math.ceil(q * steps) > 0})
+    while p[-1] < 1:  # rounded: 0.41 + 0.16 must be 0.57, not 0.5700000000000001
+        p.append(round(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06), 10))
+    # ceil of a float product: 0.57 * 100 = 57.00000000000001 must give 57 (the paper's w_j)
+    marks = {math.ceil(round(q * steps, 8)) for q in p[1:] if q <= 1}
+    return sorted(m for m in marks if m > 0)
 
 
 class APGDRule:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -74,29 +75,53 @@ class Attack:
     # -- public call -------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *,
                  index: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 check: bool = True) -> torch.Tensor:
-        """Attack a batch.  ``y=None`` uses the model's predictions as labels.  ``index``
-        (dataset indices ``(N,)``) is forwarded to stateful attacks.  ``check=False`` skips
-        the input validation (the Trainer's hot path)."""
+                 target: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+        """Attack a batch ``x`` ``(N, ...)`` in [0, 1] with labels ``y`` ``(N,)`` (int64).
+
+        ``y=None`` uses the model's predictions as labels.  ``index`` (dataset indices
+        ``(N,)``) is forwarded to stateful attacks.  ``generator`` overrides the attack's own
+        seeded generator for this call.  ``target`` ``(N,)`` gives the target classes of a
+        targeted attack (``targeted=True``) instead of its ``target_rule``.  ``check=False``
+        skips the input validation (the Trainer's hot path).  Returns ``x_adv`` with the shape,
+        dtype and device of ``x``, inside the threat model's ball ∩ [0, 1].
+        """
         if check:
             check_images(x, "x")
             if isinstance(self.threat.eps, torch.Tensor) and self.threat.eps.shape[0] != x.shape[0]:
-                raise ValueError(f"per-example eps has {self.threat.eps.shape[0]} entries but x has "
-                                 f"{x.shape[0]} examples")
+                raise ValueError(f"eps is per-example with {self.threat.eps.shape[0]} entries but "
+                                 f"x has {x.shape[0]} examples")
+            if generator is not None and not isinstance(generator, torch.Generator):
+                raise ValueError(f"generator must be a torch.Generator or None, got {generator!r}")
+        kw: dict[str, Any] = {}
+        if target is not None:
+            if not getattr(self, "targeted", False) or "target" not in inspect.signature(self.perturb).parameters:
+                raise ValueError(f"target= is only accepted by targeted attacks that take explicit "
+                                 f"targets (e.g. pgd/fgsm with targeted=True); {self.name!r} "
+                                 f"with these options does not")
+            kw["target"] = target
         if x.shape[0] == 0:
             return x.clone()
         gen = generator if generator is not None else self.make_generator(x.device)
-        with attack_mode(model, self.mode):
+        if check or y is None:
+            # label checks and predicted labels use the eval-mode model (never train-mode
+            # batch-norm, which a one-example batch would break and which would move its stats)
+            with attack_mode(model, "eval"), torch.no_grad():
+                logits = model(x[:1] if y is not None else x)
+            if check:
+                check_logits(logits, 1 if y is not None else x.shape[0])
+                if y is not None:
+                    check_labels(y, x.shape[0], "y", num_classes=logits.shape[1])
+                if target is not None:
+                    check_labels(target, x.shape[0], "target", num_classes=logits.shape[1])
             if y is None:
-                with torch.no_grad():
-                    y = model(x).argmax(1)
-            elif check:
-                with torch.no_grad():
-                    logits = check_logits(model(x[:1]), 1)
-                check_labels(y, x.shape[0], "y", num_classes=logits.shape[1])
-            kw: dict[str, Any] = {"generator": gen}
-            if self.stateful:
-                kw["index"] = index
+                y = logits.argmax(1)
+        if target is not None and bool((target == y).any()):
+            raise ValueError("target must differ from the label y of every example "
+                             f"(found {int((target == y).sum())} equal)")
+        kw["generator"] = gen
+        if self.stateful:
+            kw["index"] = index
+        with attack_mode(model, self.mode):
             x_adv = self.perturb(model, x.detach(), y.detach(), **kw)
         return x_adv.detach()
 
@@ -191,12 +216,21 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
     """
     n = x.shape[0]
     x_best = x_init.detach().clone()
-    loss_best = torch.full((n,), float("-inf"), device=x.device)
+    loss_best = torch.full((n,), float("-inf"), device=x.device, dtype=torch.float32)
     done = torch.zeros(n, dtype=torch.bool, device=x.device)
     idx: torch.Tensor | None = None  # rows still computed; None = all (no copies, no gathers)
     xs, ys = x, y
     x_adv = x_init.detach()
-    inf = torch.tensor(float("inf"), device=x.device)
+    inf = float("inf")
+    col = (-1,) + (1,) * (x.dim() - 1)
+    # without keep_best or early_stop the per-step x_best is overwritten at the end: skip it
+    track_x = keep_best or early_stop
+    # on the CPU a host-side test is free: when every row improved, x_best just becomes the
+    # iterate (no copy; torch.where over the batch costs as much as six element-wise passes).
+    # Iterates are never written in place, so the alias is safe; x_best is then written out of
+    # place once before any in-place update (it may alias x_init, the caller's tensor).
+    host = x.device.type == "cpu"
+    owned = True
 
     def loss_fn(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -213,20 +247,32 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
             x_adv = x_adv.detach()
             lval = lval.detach().float()
             ok = success(logits.detach(), ys)
-            was = done if idx is None else done[idx]
-            fresh = ok & ~was
-            upd = fresh | ((lval > (loss_best if idx is None else loss_best[idx])) & ~was) if keep_best else fresh
-            new_loss = torch.where(fresh, inf, lval)
             if idx is None:
-                m = upd.view(-1, *([1] * (x.dim() - 1)))
-                x_best = torch.where(m, x_adv, x_best)
-                loss_best = torch.where(upd, new_loss, loss_best)
+                fresh = ok & ~done
+                # loss_best is +inf on rows already done, so they never count as "better"
+                upd = fresh | (lval > loss_best) if keep_best else fresh
+                if track_x:
+                    if host and bool(upd.all()):
+                        x_best, owned = x_adv, False
+                    elif not host or bool(upd.any()):
+                        if owned:
+                            torch.where(upd.view(col), x_adv, x_best, out=x_best)
+                        else:
+                            x_best, owned = torch.where(upd.view(col), x_adv, x_best), True
+                torch.where(upd, lval, loss_best, out=loss_best)
+                loss_best.masked_fill_(fresh, inf)
                 done |= fresh
-            elif upd.any():
-                sel = idx[upd]
-                x_best[sel] = x_adv[upd]
-                loss_best[sel] = new_loss[upd]
-                done[idx[fresh]] = True
+            else:
+                was = done[idx]
+                fresh = ok & ~was
+                upd = fresh | ((lval > loss_best[idx]) & ~was) if keep_best else fresh
+                if upd.any():
+                    if not owned:
+                        x_best, owned = x_best.clone(), True
+                    sel = idx[upd]
+                    x_best[sel] = x_adv[upd]
+                    loss_best[sel] = torch.where(fresh[upd], inf, lval[upd])
+                    done[idx[fresh]] = True
             if last:
                 break
             x_next = rule(t, x_adv, xs, grad, lval, loss_fn, generator)
@@ -234,16 +280,25 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
                 keep = ~ok
                 idx = keep.nonzero().squeeze(1) if idx is None else idx[keep]
                 if idx.numel() == 0:
-                    return x_best, loss_best, done
+                    return _own(x_best, owned, x_init), loss_best, done
                 x_next, xs, ys = x_next[keep], x[idx], y[idx]
                 _shrink_rule(rule, keep)
             x_adv = x_next
     if not keep_best:
         if idx is None:
-            x_best = x_adv
+            x_best, owned = x_adv, False
         else:
+            if not owned:
+                x_best = x_best.clone()
             x_best[idx] = x_adv.detach()
-    return x_best, loss_best, done
+    return _own(x_best, owned, x_init), loss_best, done
+
+
+def _own(x_best: torch.Tensor, owned: bool, x_init: torch.Tensor) -> torch.Tensor:
+    """``x_best``, copied when it may share memory with the caller's ``x_init``."""
+    if not owned and x_best.untyped_storage().data_ptr() == x_init.untyped_storage().data_ptr():
+        return x_best.clone()
+    return x_best
 
 
 def _shrink_rule(rule: Any, keep: torch.Tensor) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_positive
-from ._targets import objective, pick_targets
+from .._checks import check_choice, check_positive
+from ._targets import TARGET_RULES, objective, pick_targets
 from .base import Attack, Signed, iterate
 
 
@@ -28,6 +28,7 @@ class FGSM(Attack):
         self.step_size = None if step_size is None else check_positive(step_size, "step_size")
         self.random_start, self.clamp_start = bool(random_start), bool(clamp_start)
         self.loss, self.targeted, self.target_rule = loss, bool(targeted), target_rule
+        check_choice(target_rule, "target_rule", TARGET_RULES)
         objective(loss, targeted)  # fail early on an unknown loss name
 
     def perturb(self, model, x, y, *, generator=None, target=None):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_positive
-from ._targets import objective, pick_targets
+from .._checks import check_choice, check_positive
+from ._targets import TARGET_RULES, objective, pick_targets
 from .base import Attack, Signed, check_steps, iterate
 
 
@@ -35,6 +35,7 @@ class PGD(Attack):
         self.random_start, self.loss = bool(random_start), loss
         self.targeted, self.target_rule = bool(targeted), target_rule
         self.early_stop, self.keep_best = bool(early_stop), bool(keep_best)
+        check_choice(target_rule, "target_rule", TARGET_RULES)
         objective(loss, targeted)
 
     def perturb(self, model, x, y, *, generator=None, target=None):
@@ -47,6 +48,12 @@ class PGD(Attack):
             yy = torch.stack([y, target], 1)
         loss, success = objective(self.loss, self.targeted)
         rule = Signed(self.threat, size)
+        if self.restarts == 1:  # no bookkeeping across restarts
+            x0 = self.threat.random_init(x, generator) if self.random_start else x
+            xb, _, _ = iterate(model, x, yy, x0, steps=self.steps, rule=rule, loss=loss,
+                               success=success, early_stop=self.early_stop,
+                               keep_best=self.keep_best, generator=generator)
+            return xb
         x_out = x.clone()
         best = torch.full((x.shape[0],), float("-inf"), device=x.device)
         todo = torch.arange(x.shape[0], device=x.device)
