@@ -59,8 +59,14 @@ class Defense:
             raise ValueError(f"attack must be a toolbox Attack (tb.attack(...)), got {attack!r}")
         self.attack = attack
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar training loss and a dict of float metrics to log for this batch."""
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The batch's scalar training loss (a 0-dim tensor with a graph) and a dict of metrics.
+
+        Metric values are numbers or detached 1-element tensors; the Trainer averages them
+        over the epoch's examples into ``train_<key>`` history columns.  Tensors are summed
+        on the device, so returning ``loss.detach()`` rather than ``loss.item()`` saves a
+        host-device sync per step on a GPU.
+        """
         raise NotImplementedError
 
     def adversary(self, batch: Batch) -> Attack:
@@ -90,7 +96,12 @@ class Defense:
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(1) == y).float().mean().item()
+    """Fraction of rows of ``logits`` ``(N, C)`` whose argmax is ``y`` ``(N,)``, as a float."""
+    return _accuracy(logits, y).item()
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(1) == y).float().mean()
 
 
 class Standard(Defense):
@@ -101,7 +112,7 @@ class Standard(Defense):
     def loss(self, model, batch):
         logits = model(batch.x)
         loss = F.cross_entropy(logits, batch.y)
-        return loss, {"loss": loss.item(), "acc": accuracy(logits, batch.y)}
+        return loss, {"loss": loss.detach(), "acc": _accuracy(logits, batch.y)}
 
 
 class Adversarial(Defense):
@@ -126,12 +137,12 @@ class Adversarial(Defense):
         x_adv = self.adversary(batch)(model, batch.x, batch.y, index=batch.index, check=False)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, batch.y)
-        logs = {"adv_loss": loss.item(), "adv_acc": accuracy(logits, batch.y)}
+        logs = {"adv_loss": loss.detach(), "adv_acc": _accuracy(logits, batch.y)}
         if self.clean_weight > 0:
             clean = F.cross_entropy(model(batch.x), batch.y)
             loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
-            logs["clean_loss"] = clean.item()
-        logs["loss"] = loss.item()
+            logs["clean_loss"] = clean.detach()
+        logs["loss"] = loss.detach()
         return loss, logs
 
 

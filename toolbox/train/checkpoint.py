@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,26 @@ FORMAT = "toolbox-checkpoint"
 VERSION = 1
 
 
+def _temp_path(path: Path) -> Path:
+    """A fresh hidden file name next to ``path`` (same directory, so ``os.replace`` is atomic)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to a temporary file in ``path``'s directory, then ``os.replace``:
-    a reader (or a resumed run after a crash) sees the old file or the new one, never half."""
+    a reader (or a resumed run after a crash) sees the old file or the new one, never half.
+    The file gets the usual permissions (umask), and is fsynced before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -46,14 +51,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy ``src`` to ``dst`` atomically (temporary file + ``os.replace``)."""
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
+    tmp = _temp_path(dst)
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return dst
 

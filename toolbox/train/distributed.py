@@ -10,7 +10,9 @@ cheap no-op, so single-process runs carry no overhead.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ class DistInfo:
 
 
 _INITIALISED_HERE = False
+_LIVE_WRAPPERS: weakref.WeakSet = weakref.WeakSet()
 
 
 def env_info() -> DistInfo:
@@ -77,6 +80,12 @@ def cleanup() -> None:
     """Destroy the process group if :func:`setup` created it."""
     global _INITIALISED_HERE
     if _INITIALISED_HERE and dist.is_initialized():
+        # Drop every DDP wrapper (their reducers hold the group) while the group is still
+        # alive: left to interpreter teardown, gloo's threads can die in std::terminate
+        # ("terminate called without an active exception", seen on a loaded machine).
+        for wrapper in list(_LIVE_WRAPPERS):
+            wrapper.release()
+        gc.collect()
         dist.destroy_process_group()
     _INITIALISED_HERE = False
 
@@ -125,6 +134,14 @@ def average_buffers(module: nn.Module) -> None:
             b.div_(world)
 
 
+def _ddp_params() -> set[str]:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    return set(inspect.signature(DistributedDataParallel.__init__).parameters)
+
+
 class DDPModel(nn.Module):
     """What a defense sees under DDP: a module that trains through ``DistributedDataParallel``
     but lets attacks use the plain module.
@@ -141,15 +158,29 @@ class DDPModel(nn.Module):
         super().__init__()
         from torch.nn.parallel import DistributedDataParallel
 
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("DDP needs a model with at least one parameter that requires grad")
         ids = [device.index] if device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
-        object.__setattr__(self, "_first", next(module.parameters()))   # not registered twice
+        # no buffer broadcast on forward; newer torch spells it forward_sync_buffers
+        kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in _ddp_params() else {"broadcast_buffers": False}
+        self.ddp = DistributedDataParallel(module, device_ids=ids, **kw)
+        # the first parameter DDP synchronises (not registered twice): attacks freeze them all
+        object.__setattr__(self, "_first", trainable[0])
+        object.__setattr__(self, "_module", module)
+        _LIVE_WRAPPERS.add(self)
+
+    def release(self) -> None:
+        """Drop the DistributedDataParallel wrapper (before the process group goes away);
+        forwards then use the plain module."""
+        self._modules.pop("ddp", None)
 
     @property
     def inner(self) -> nn.Module:
-        return self.ddp.module
+        return self._module
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled() and self._first.requires_grad:
-            return self.ddp(*args, **kwargs)
-        return self.ddp.module(*args, **kwargs)
+        ddp = self._modules.get("ddp")
+        if ddp is not None and torch.is_grad_enabled() and self._first.requires_grad:
+            return ddp(*args, **kwargs)
+        return self._module(*args, **kwargs)

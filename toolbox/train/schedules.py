@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._checks import check_positive
 
@@ -141,7 +142,7 @@ def make_schedule(spec: Any, *, epochs: int | None = None) -> Schedule | None:
         raise ValueError(f"piecewise knots and values must have the same length, got {len(knots)} and {len(values)}")
     ks = [_num(k, "knots") for k in knots]
     vs = [_num(v, "values") for v in values]
-    if any(k2 < k1 for k1, k2 in zip(ks, ks[1:])):
+    if any(k2 < k1 for k1, k2 in zip(ks, ks[1:], strict=False)):
         raise ValueError(f"piecewise knots must be non-decreasing, got {ks}")
     return _piecewise(ks, vs, {"kind": "piecewise", "knots": ks, "values": vs})
 

@@ -16,7 +16,8 @@ in-place edits of the tensor returned by :meth:`get` are not tracked for the syn
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -113,25 +114,54 @@ class Store:
         """Make every rank hold the rows written on any rank since the last sync.
 
         A collective under ``torch.distributed`` (call it on all ranks); without a process
-        group it only clears the bookkeeping.  A row written on several ranks gets their mean.
-        Names must be allocated on every rank (the same defense code runs everywhere).
+        group it only clears the bookkeeping.  A row written on several ranks gets their mean
+        (rounded for integer tensors).  A name allocated on some ranks only is created on the
+        others as a copy of the lowest such rank's tensor first; the same name with a different
+        per-row shape or dtype on two ranks raises ``RuntimeError``.
         """
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self._sync_names()
             for name in self.names():
                 t, dirty = self._data[name], self._dirty[name]
                 acc = torch.float32 if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+                rows = (-1, *([1] * (t.dim() - 1)))
                 count = dirty.to(acc)
-                total = torch.where(dirty.view(-1, *([1] * (t.dim() - 1))), t.to(acc), torch.zeros((), dtype=acc,
-                                                                                               device=t.device))
+                total = torch.where(dirty.view(rows), t.to(acc), torch.zeros((), dtype=acc, device=t.device))
                 dist.all_reduce(count)
                 dist.all_reduce(total)
                 hit = count > 0
-                mean = total[hit] / count[hit].view(-1, *([1] * (t.dim() - 1)))
+                mean = total[hit] / count[hit].view(rows)
                 if not t.dtype.is_floating_point:
                     mean = mean.round()
                 t[hit] = mean.to(t.dtype)
         for dirty in self._dirty.values():
             dirty.zero_()
+
+    def _sync_names(self) -> None:
+        """Allocate on every rank the names some rank has (copying the lowest owner's tensor)."""
+        mine = {n: (tuple(t.shape), str(t.dtype)) for n, t in self._data.items()}
+        metas: list[dict[str, Any]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+        dist.all_gather_object(metas, mine)
+        rank = dist.get_rank()
+        for name in sorted(set().union(*metas)):
+            owners = [r for r, m in enumerate(metas) if name in m]
+            kinds = {metas[r][name] for r in owners}
+            if len(kinds) > 1:
+                raise RuntimeError(f"store tensor {name!r} differs across ranks: "
+                                   + ", ".join(f"rank {r}: shape {metas[r][name][0]} {metas[r][name][1]}"
+                                               for r in owners))
+            if len(owners) == len(metas):
+                continue
+            shape, dtype = kinds.pop()
+            src = owners[0]
+            if name in self._data:
+                buf = self._data[name] if rank == src else torch.empty_like(self._data[name])
+            else:
+                buf = torch.empty(shape, dtype=getattr(torch, dtype.replace("torch.", "")), device=self.device)
+            dist.broadcast(buf, src=src)
+            if name not in self._data:
+                self._data[name] = buf
+                self._dirty[name] = torch.zeros(self.size, dtype=torch.bool, device=self.device)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -11,19 +11,29 @@ with ``progress = (step + 1) / steps_per_epoch`` in epochs (the point reached on
 is done).  ``fit`` returns one history row per epoch: ``epoch`` (0-based, as in the callback
 hooks), ``step`` (optimizer steps so far), ``lr`` and ``eps`` (at the epoch's last step),
 ``time_s`` (the epoch's training loop), the batch logs averaged over the epoch's examples
-(``train_<key>``, reduced over all ranks under DDP), and whatever callbacks add.
+(``train_<key>``, reduced over all ranks under DDP; ``grad_norm`` is the norm before clipping
+when ``grad_clip`` is set), and whatever callbacks add.
+
+Batch logs may be numbers or detached 1-element tensors.  Tensors are summed on the training
+device and read back once per epoch, so a GPU run does not wait for the device at every step;
+callbacks whose ``on_batch_end`` is overridden still get plain floats.
+
+Under ``torchrun`` the defense sees the model wrapped for DDP
+(:class:`~toolbox.train.distributed.DDPModel`): training forwards go through
+``DistributedDataParallel``, while attacks (which freeze the parameters) and ``no_grad`` calls
+use the plain module, so an attack's input gradient never involves DDP's reducer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +50,6 @@ from .store import Store
 log = logging.getLogger("toolbox.train")
 
 _AMP_CHOICES = (False, True, "fp16", "bf16")
-_amp_cpu_noted = False
 
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -57,6 +66,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, torch.Tensor):
         return value.tolist() if value.numel() <= 16 else f"tensor{tuple(value.shape)}"
     return repr(value)
@@ -117,6 +128,91 @@ def _seed_all(seed: int, generator: torch.Generator) -> None:
     np.random.seed(seed % 2**32)
     random.seed(seed)
     generator.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------ batch logs
+def _check_loss_output(out: Any, defense: Defense) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``(loss, logs)`` from ``defense.loss``, checked: a scalar tensor with a graph and a dict."""
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise ValueError(f"{type(defense).__name__}.loss(model, batch) must return (loss, logs), "
+                         f"got {type(out).__name__}")
+    loss, logs = out
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"{type(defense).__name__}.loss must return a scalar (0-dim) loss tensor, got {got}")
+    if not loss.requires_grad:
+        raise ValueError(f"{type(defense).__name__}.loss returned a loss that does not require grad "
+                         "(computed under torch.no_grad() or detached?)")
+    if logs is None:
+        return loss, {}
+    if not isinstance(logs, dict):
+        raise ValueError(f"{type(defense).__name__}.loss must return logs as a dict of numbers, "
+                         f"got {type(logs).__name__}")
+    return loss, dict(logs)
+
+
+def _to_float(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+class _LogSums:
+    """Example-weighted sums of batch logs over an epoch.
+
+    Tensor logs (1-element, any device) are summed on the training device without a host
+    sync, all of a step's tensors in one stacked add; numbers are summed on the host.
+    :meth:`means` syncs once and reduces over all ranks.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.host: dict[str, float] = {}
+        self.dev: dict[tuple[str, ...], torch.Tensor] = {}   # key tuple -> (len(keys),) sums
+        self.counts: dict[str, float] = {}
+
+    def add(self, logs: dict[str, Any], n: int) -> None:
+        keys: list[str] = []
+        vals: list[torch.Tensor] = []
+        for k, v in logs.items():
+            if isinstance(v, torch.Tensor):
+                if v.numel() != 1:
+                    raise ValueError(f"batch log {k!r} must be a number or a 1-element tensor, "
+                                     f"got a tensor of shape {tuple(v.shape)}")
+                keys.append(k)
+                vals.append(v.detach() if v.dim() == 0 else v.detach().reshape(()))
+            else:
+                if not isinstance(v, (int, float, np.number)):
+                    raise ValueError(f"batch log {k!r} must be a number or a 1-element tensor, got {v!r}")
+                self.host[k] = self.host.get(k, 0.0) + float(v) * n
+            self.counts[k] = self.counts.get(k, 0.0) + n
+        if not keys:
+            return
+        try:
+            vec = torch.stack(vals)
+        except RuntimeError:   # tensors on different devices
+            vec = torch.stack([v.to(self.device, self.dtype) for v in vals])
+        group = tuple(keys)
+        acc = self.dev.get(group)
+        if acc is None:
+            acc = self.dev[group] = torch.zeros(len(keys), dtype=self.dtype, device=self.device)
+        acc.add_(vec.to(self.device, non_blocking=True), alpha=n)
+
+    def means(self) -> dict[str, float]:
+        keys = sorted(self.counts)
+        if D.is_enabled():
+            keys = sorted(set().union(*D.all_gather_object(keys)))
+        if not keys:
+            return {}
+        pos = {k: i for i, k in enumerate(keys)}
+        host = torch.tensor([self.host.get(k, 0.0) for k in keys] + [self.counts.get(k, 0.0) for k in keys],
+                            dtype=self.dtype)
+        t = host.to(self.device)
+        for group, acc in self.dev.items():
+            t.index_add_(0, torch.tensor([pos[k] for k in group], device=self.device), acc)
+        D.all_reduce_sum(t)
+        vals = t.tolist()
+        sums, counts = vals[: len(keys)], vals[len(keys):]
+        return {k: s / c if c else float("nan") for k, s, c in zip(keys, sums, counts, strict=True)}
 
 
 class Trainer:
@@ -197,18 +293,17 @@ class Trainer:
             if self.device.type == "cuda":
                 self._amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
             else:
-                global _amp_cpu_noted
-                if not _amp_cpu_noted:
-                    log.info("amp=%r has no effect on device %s (CUDA only); training in float32", amp, self.device)
-                    _amp_cpu_noted = True
+                log.warning("amp=%r has no effect on device %s (mixed precision is CUDA only); "
+                            "training in float32", amp, self.device)
         self._use_scaler = self._amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_scaler) if self.device.type == "cuda" \
             else torch.amp.GradScaler("cpu", enabled=False)
 
-        # seeding (one data seed for every rank)
+        # seeding (one data seed for every rank); seed=None draws one, and a resume adopts the
+        # checkpoint's
+        self.seed_arg = seed
         if seed is None:
             seed = D.broadcast_object(int.from_bytes(os.urandom(4), "little"))
-        self.seed_arg = seed
         self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed + self.rank)
@@ -222,6 +317,7 @@ class Trainer:
         self.total_steps = 0
         self.history: list[dict[str, Any]] = []
         self.stop_training = False
+        self._in_epoch = False
         self.train_data: Any = None
         self.val_data: Any = None
         self.loader: Any = None
@@ -325,61 +421,68 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch)
         self._hook("epoch_start", {"epoch": epoch, "step": self.step})
-        sums: dict[str, float] = {}
-        counts: dict[str, float] = {}
+        # the epoch's metric sums: tensor logs stay on the device (no host sync per step),
+        # float logs on the host; counts are example counts per key
+        acc = _LogSums(self.device)
+        # callbacks are promised floats: convert only when one of them reads batch logs
+        float_logs = any(type(cb).on_batch_end is not Callback.on_batch_end for cb in self.callbacks)
         spe = self.steps_per_epoch
         params = [p for g in opt.param_groups for p in g["params"]]
         autocast = (lambda: torch.autocast("cuda", dtype=self._amp_dtype)) if self._amp_dtype is not None \
             else contextlib.nullcontext
         model.train()
         t0 = time.perf_counter()
-        for item in self.loader:
-            x, y, index = item[0], item[1], item[2]
-            extra = dict(getattr(item, "extra", None) or {})
-            extra["generator"] = self.generator
-            progress = (self.step + 1) / spe
-            if self.lr_schedule is not None:
-                lr = float(self.lr_schedule(progress))
-                for g in opt.param_groups:
-                    g["lr"] = lr
-            self.current_lr = float(opt.param_groups[0]["lr"])
-            eps = float(self.eps_schedule(progress)) if self.eps_schedule is not None else None
-            if eps is not None:
-                self.current_eps = eps
-            batch = Batch(x, y, index, epoch=epoch, step=self.step, eps=eps, store=self.store, trainer=self,
-                          extra=extra)
-            if not model.training:
-                model.train()
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss, logs = defense.loss(model, batch)
-            if self._use_scaler:
-                self.scaler.scale(loss).backward()
-                if self.grad_clip is not None:
-                    self.scaler.unscale_(opt)
-                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
-                self.scaler.step(opt)
-                self.scaler.update()
-            else:
-                loss.backward()
-                if self.grad_clip is not None:
-                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
-                opt.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.step += 1
-            n = float(x.shape[0])
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-                counts[k] = counts.get(k, 0.0) + n
-            for cb in self.callbacks:
-                cb.on_batch_end(self, batch, logs)
+        self._in_epoch = True
+        try:
+            for item in self.loader:
+                x, y, index = item[0], item[1], item[2]
+                extra = dict(getattr(item, "extra", None) or {})
+                extra["generator"] = self.generator
+                progress = (self.step + 1) / spe
+                if self.lr_schedule is not None:
+                    lr = float(self.lr_schedule(progress))
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                self.current_lr = float(opt.param_groups[0]["lr"])
+                eps = float(self.eps_schedule(progress)) if self.eps_schedule is not None else None
+                if eps is not None:
+                    self.current_eps = eps
+                batch = Batch(x, y, index, epoch=epoch, step=self.step, eps=eps, store=self.store, trainer=self,
+                              extra=extra)
+                if not model.training:
+                    model.train()
+                opt.zero_grad(set_to_none=True)
+                with autocast():
+                    out = defense.loss(model, batch)
+                loss, logs = _check_loss_output(out, defense)
+                if self._use_scaler:
+                    self.scaler.scale(loss).backward()
+                    if self.grad_clip is not None:
+                        self.scaler.unscale_(opt)
+                        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    self.scaler.step(opt)
+                    self.scaler.update()
+                else:
+                    loss.backward()
+                    if self.grad_clip is not None:
+                        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    opt.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.step += 1
+                acc.add(logs, x.shape[0])
+                if float_logs:
+                    logs = {k: _to_float(v) for k, v in logs.items()}
+                for cb in self.callbacks:
+                    cb.on_batch_end(self, batch, logs)
+        finally:
+            self._in_epoch = False
         elapsed = time.perf_counter() - t0
 
         # make ranks agree: store rows, BatchNorm statistics, metrics, stop flag
         self.store.sync()
         D.average_buffers(self.module)
-        means = self._reduce_means(sums, counts)
+        means = acc.means()
         row: dict[str, Any] = {"epoch": epoch, "step": self.step, "lr": self.current_lr,
                                "eps": self.current_eps, "time_s": elapsed}
         row.update({f"train_{k}": v for k, v in means.items()})
@@ -391,18 +494,6 @@ class Trainer:
             flag = torch.tensor([1.0 if self.stop_training else 0.0], device=self.device)
             D.all_reduce_sum(flag)
             self.stop_training = bool(flag.item() > 0)
-
-    def _reduce_means(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]:
-        keys = sorted(sums)
-        if D.is_enabled():
-            keys = sorted(set().union(*D.all_gather_object(keys)))
-            t = torch.tensor([sums.get(k, 0.0) for k in keys] + [counts.get(k, 0.0) for k in keys],
-                             dtype=torch.float64, device=self.device)
-            D.all_reduce_sum(t)
-            vals = t.tolist()
-            sums = dict(zip(keys, vals[: len(keys)]))
-            counts = dict(zip(keys, vals[len(keys):]))
-        return {k: sums[k] / counts[k] if counts[k] else float("nan") for k in keys}
 
     # ------------------------------------------------------------------------------ state
     def fingerprint(self) -> dict[str, Any]:
@@ -420,7 +511,7 @@ class Trainer:
                                                  else make_schedule(self._eps_spec, epochs=self.epochs or 1))),
             "batch_size": self.batch_size,
             "epochs": self.epochs,
-            "seed": self.seed_arg,
+            "seed": self.seed_arg if self.seed_arg is not None else "random",
             "amp": str(self.amp),
             "grad_clip": self.grad_clip,
             "store_size": self.store.size if self.store is not None else None,
@@ -439,6 +530,7 @@ class Trainer:
             "fingerprint": self.fingerprint(),
             "epoch": len(self.history),
             "step": self.step,
+            "seed": self.seed,
             "world_size": self.world_size,
             "model": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -476,6 +568,10 @@ class Trainer:
             log.warning("checkpoint was written by %d processes, resuming with %d: random streams differ "
                         "from an uninterrupted run", len(rng), self.world_size)
         _set_rng_state(rng[self.rank if self.rank < len(rng) else 0], self.generator)
+        if self.seed_arg is None and state.get("seed") is not None:   # seed=None: continue the drawn seed
+            self.seed = int(state["seed"])
+            if self.loader is not None:
+                self.loader.seed = self.seed
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.history = [dict(r) for r in state["history"]]
@@ -486,6 +582,10 @@ class Trainer:
         Under DDP call it on every rank (it gathers RNG states); only rank 0 writes.  Meant for
         epoch boundaries: a resume restarts at the epoch after ``len(history)``.
         """
+        if self._in_epoch:
+            log.warning("save_checkpoint(%s) in the middle of epoch %d: a resume restarts that epoch from its "
+                        "first batch with these weights, so it will not match an uninterrupted run",
+                        path, self.epoch)
         state = self.state_dict()
         path = Path(path)
         if self.is_main_process:
