@@ -482,7 +482,7 @@ def test_repro_pass(fake_plugin, tmp_path, capsys):
     assert code == 0, err
     lines = out.splitlines()
     header = next(ln for ln in lines if ln.startswith("config "))
-    assert header.split() == ["config", "metric", "source", "paper", "expected", "tolerance", "measured",
+    assert header.split() == ["config", "metric", "source", "paper", "expected", "tolerance", "bounds", "measured",
                               "diff", "result"]
     line = next(ln for ln in lines if ln.startswith("fake-0 "))
     (row,) = _repro_csv(tmp_path / "runs")

@@ -394,3 +394,20 @@ def test_docs_examples_validate():
     assert full.schedule["eps"]["kind"] == "linear" and len(full.callbacks) == 1
     figures = [C.loads(blocks[0] + b).paper.expect for b in blocks[1:]]
     assert figures[0][1] == figures[1][0] == C.Expectation("pgd20", 85.0, 4.0, "Table 2", 88.8)
+
+
+def test_one_sided_bounds_in_paper_expectations():
+    from toolbox.config import ConfigError, Expectation, from_dict
+
+    base = {"model": {"name": "digits-cnn"}, "data": {"name": "digits"},
+            "eval": {"attacks": {"pgd20": {"attack": "pgd", "threat": "linf", "eps": 0.1}}}}
+    cfg = from_dict({**base, "paper": {"expect": {"clean": {"min": 95.0},
+                                                  "pgd20": {"value": 85.0, "tolerance": 4.0, "max": 86.0}}}})
+    clean, pgd = cfg.paper.expect
+    assert clean.value is None and clean.check(95.0) and not clean.check(94.9) and clean.describe() == ">=95"
+    assert pgd.check(85.5) and not pgd.check(86.5) and not pgd.check(80.0)
+    assert Expectation("clean", None, None, minimum=60, maximum=90).describe() == "[60, 90]"
+    with pytest.raises(ConfigError, match="min 90 is above max 80"):
+        from_dict({**base, "paper": {"expect": {"clean": {"min": 90.0, "max": 80.0}}}})
+    with pytest.raises(ConfigError, match="value"):
+        from_dict({**base, "paper": {"expect": {"clean": {"tolerance": 1.0}}}})

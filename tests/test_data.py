@@ -482,3 +482,16 @@ def test_device_loader_on_every_available_device():
         assert torch.cat([b.index for b in batches]).numel() == 19
         again = list(ld)
         assert all(torch.equal(a.x, b.x) for a, b in zip(batches, again, strict=True))
+
+
+def test_cutout_inside_zeroes_exactly_size_squared_pixels():
+    from toolbox.data import Cutout
+
+    x = torch.ones(64, 1, 10, 12)
+    g = torch.Generator().manual_seed(0)
+    out, _, extra = Cutout(4, inside=True)(x, torch.zeros(64, dtype=torch.long), g)
+    assert ((out == 0).flatten(1).sum(1) == 16).all()
+    clipped, _, _ = Cutout(4)(x, torch.zeros(64, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert ((clipped == 0).flatten(1).sum(1) < 16).any()  # the default clips at the border
+    with pytest.raises(ValueError, match="size"):
+        Cutout(11, inside=True)(x, torch.zeros(64, dtype=torch.long), g)

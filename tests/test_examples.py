@@ -6,7 +6,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -84,14 +83,12 @@ def test_quickstart_rejects_bad_arguments(capsys):
 
 @pytest.mark.slow
 def test_quickstart_default_settings_show_the_defense_working(tmp_path):
-    """The full quickstart (30 epochs, 500 digits) stays well under a minute on one core, and
-    FGSM-RS training raises the worst-case accuracy clearly above standard training."""
+    """The full quickstart (30 epochs, 500 digits): FGSM-RS training raises the worst-case
+    accuracy clearly above standard training.  (Its run time is not asserted: timings belong
+    in benchmarks, and CI machines are shared.)"""
     out = tmp_path / "out"
-    t0 = time.perf_counter()
     res = _run_quickstart(["--out", str(out)], tmp_path)
-    elapsed = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr
-    assert elapsed < 60, f"the quickstart took {elapsed:.0f} s"
     report = _check_outputs(out, n=500, epochs=30)
     acc = report.pivot(index="row", columns="model", values="accuracy")
     assert acc.loc["clean", "standard"] >= 0.9 and acc.loc["clean", "fgsm-rs"] >= 0.9

@@ -376,3 +376,19 @@ def test_plain_torch_dataset_of_x_y_index_items(digits):
     assert len(hist) == 2 and tr.steps_per_epoch == 3 and tr.store.size == 120
     assert torch.all(tr.store.tensor("seen") == 2)
     assert torch.equal(tr.store.tensor("label"), digits[0].y[:120])
+
+
+def test_builtin_defenses_use_mixup_labels():
+    from toolbox.defense import batch_ce
+
+    torch.manual_seed(0)
+    logits = torch.randn(8, 10)
+    y, y2 = torch.randint(0, 10, (8,)), torch.randint(0, 10, (8,))
+    b = Batch(torch.rand(8, 1, 8, 8), y, torch.arange(8), extra={"y2": y2, "lam": 0.3})
+    want = 0.3 * F.cross_entropy(logits, y) + 0.7 * F.cross_entropy(logits, y2)
+    assert torch.allclose(batch_ce(logits, b), want)
+    b1 = Batch(b.x, y, b.index, extra={"y2": y2, "lam": 1.0})
+    assert torch.allclose(batch_ce(logits, b1), F.cross_entropy(logits, y))
+    # a dict attack spec with threat= builds for a defense that takes no threat itself
+    d = tb.defense("adversarial", attack={"name": "pgd", "steps": 2}, threat=tb.Linf(0.1))
+    assert d.attack.threat.eps == 0.1

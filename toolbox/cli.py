@@ -563,18 +563,23 @@ def repro_rows(cfg: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One table row per expected figure of ``cfg``: the paper's figure, the expected value
     and tolerance, the measured accuracy (percent, from the eval rows), the difference and
     ``pass``/``FAIL``; without expected figures, one ``n/a`` row per eval row."""
+    from .config import Expectation
+
     expect = cfg.paper.expect if cfg.paper else []
     out = []
     if not expect:
         for r in rows:
             out.append({"config": cfg.name, "metric": r["attack"], "source": "", "paper": None,
-                        "expected": None, "tolerance": None,
+                        "expected": None, "tolerance": None, "bounds": "",
                         "measured": round(100.0 * float(r["accuracy"]), 2), "diff": None, "result": "n/a"})
     for e in expect:
         got = _accuracy(rows, e.metric)
         out.append({"config": cfg.name, "metric": e.metric, "source": e.source,
                     "paper": _paper_figure(cfg, e), "expected": e.value, "tolerance": e.tolerance,
-                    "measured": round(got, 2), "diff": round(got - e.value, 2),
+                    "bounds": Expectation(e.metric, None, None, minimum=e.minimum, maximum=e.maximum).describe(),
+                    "measured": round(got, 2),
+                    "diff": round(got - (e.value if e.value is not None else
+                                         e.minimum if e.minimum is not None else e.maximum), 2),
                     "result": "pass" if e.check(got) else "FAIL"})
     return out
 
@@ -592,7 +597,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     if args.list:
         rows = []
         for c in configs:
-            figures = ", ".join(f"{e.metric} {e.value:g}±{e.tolerance:g}" for e in c.paper.expect) \
+            figures = ", ".join(f"{e.metric} {e.describe()}" for e in c.paper.expect) \
                 if c.paper else ""
             rows.append({"config": c.name, "quick": bool(c.paper and c.paper.quick),
                          "epochs": c.train.epochs, "figures": figures or "-", "file": str(c.source)})

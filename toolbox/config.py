@@ -429,25 +429,55 @@ class Expectation:
     ``tolerance``: percentage points, the check passes when ``|measured - value| <= tolerance``;
     ``source``: where in the paper (``"Table 1"``); ``paper``: the paper's own figure when
     ``value`` is a scale-down's expectation (``None``: ``value`` is the paper's figure).
+    ``min`` / ``max`` (percent): one-sided bounds ("clean >= 95"), alone or beside ``value``;
+    a figure with bounds only needs no ``value`` or ``tolerance``.
     """
 
     metric: str
-    value: float
-    tolerance: float
+    value: float | None
+    tolerance: float | None
     source: str = ""
     paper: float | None = None
+    minimum: float | None = None
+    maximum: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metric": self.metric, "value": self.value, "tolerance": self.tolerance}
+        out: dict[str, Any] = {"metric": self.metric}
+        if self.value is not None:
+            out["value"], out["tolerance"] = self.value, self.tolerance
+        if self.minimum is not None:
+            out["min"] = self.minimum
+        if self.maximum is not None:
+            out["max"] = self.maximum
         if self.source:
             out["source"] = self.source
         if self.paper is not None:
             out["paper"] = self.paper
         return out
 
+    def describe(self) -> str:
+        """The expectation as text: ``"88±3"``, ``">=95"``, ``"[60, 90]"``, ``"88±3, >=85"``."""
+        parts = []
+        if self.value is not None:
+            parts.append(f"{self.value:g}±{self.tolerance:g}")
+        if self.minimum is not None and self.maximum is not None:
+            parts.append(f"[{self.minimum:g}, {self.maximum:g}]")
+        elif self.minimum is not None:
+            parts.append(f">={self.minimum:g}")
+        elif self.maximum is not None:
+            parts.append(f"<={self.maximum:g}")
+        return ", ".join(parts)
+
     def check(self, measured: float) -> bool:
-        """Whether ``measured`` (accuracy in percent) is within the tolerance of ``value``."""
-        return math.isfinite(measured) and abs(measured - self.value) <= self.tolerance + 1e-9
+        """Whether ``measured`` (accuracy in percent) is within the tolerance of ``value`` and
+        inside the ``min``/``max`` bounds."""
+        if not math.isfinite(measured):
+            return False
+        if self.value is not None and abs(measured - self.value) > self.tolerance + 1e-9:
+            return False
+        if self.minimum is not None and measured < self.minimum - 1e-9:
+            return False
+        return self.maximum is None or measured <= self.maximum + 1e-9
 
 
 @dataclass
@@ -902,7 +932,7 @@ def _parse_paper(raw: Mapping[str, Any], eval_spec: EvalSpec) -> PaperSpec:
             items.append((epath, None, entry))
     expect = []
     for epath, metric, e in items:
-        keys = ["value", "tolerance", "source", "paper"]
+        keys = ["value", "tolerance", "min", "max", "source", "paper"]
         _check_keys(epath, e, keys if metric is not None else ["metric", *keys])
         if metric is None:
             metric = _get(e, epath, "metric", str, required=True)
@@ -912,13 +942,16 @@ def _parse_paper(raw: Mapping[str, Any], eval_spec: EvalSpec) -> PaperSpec:
         if metric not in metrics:
             raise ConfigError(f"{where} is not a row of the eval report.{_suggest(metric, metrics)} "
                               f"Available: {', '.join(metrics)} (add the attack under [eval.attacks])")
-        value = _percent(e, epath, "value", required=True)
-        tol = _nonneg_float(e, epath, "tolerance", default_tol)
-        if tol is None:
+        lo, hi = _percent(e, epath, "min"), _percent(e, epath, "max")
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"{epath}: min {lo:g} is above max {hi:g}")
+        value = _percent(e, epath, "value", required=lo is None and hi is None)
+        tol = _nonneg_float(e, epath, "tolerance", default_tol) if value is not None else None
+        if value is not None and tol is None:
             raise ConfigError(f"missing key {_join(epath, 'tolerance')!r}: give it per figure or "
                               f"paper.tolerance for all (percentage points)")
         expect.append(Expectation(metric, value, tol, _get(e, epath, "source", str, ""),
-                                  _percent(e, epath, "paper")))
+                                  _percent(e, epath, "paper"), lo, hi))
     return PaperSpec(title, source, quick, expect)
 
 

@@ -986,17 +986,26 @@ class RandomCropFlip:
 
 
 class Cutout:
-    """Zero a ``size x size`` square (clipped at the border) at a uniformly random centre per
-    example (DeVries & Taylor 2017).  ``extra["cutout_centers"]`` ``(N, 2)`` (row, column)."""
+    """Zero a ``size x size`` square at a uniformly random centre per example (DeVries & Taylor
+    2017; the square is clipped at the border).  ``inside=True`` draws the centre so the whole
+    square lies inside the image (exactly ``size**2`` pixels zeroed, as in Rice et al.'s
+    robust-overfitting code).  ``extra["cutout_centers"]`` ``(N, 2)`` (row, column)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, inside: bool = False) -> None:
         self.size = check_positive(size, "size", integer=True)
+        self.inside = bool(inside)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
         n, _, h, w = x.shape
-        cy = torch.randint(0, h, (n,), generator=generator, device=x.device)
-        cx = torch.randint(0, w, (n,), generator=generator, device=x.device)
         lo = self.size // 2
+        if self.inside:
+            if self.size > min(h, w):
+                raise ValueError(f"size {self.size} does not fit inside {h}x{w} images (inside=True)")
+            cy = lo + torch.randint(0, h - self.size + 1, (n,), generator=generator, device=x.device)
+            cx = lo + torch.randint(0, w - self.size + 1, (n,), generator=generator, device=x.device)
+        else:
+            cy = torch.randint(0, h, (n,), generator=generator, device=x.device)
+            cx = torch.randint(0, w, (n,), generator=generator, device=x.device)
         r = torch.arange(h, device=x.device)[None, :]
         c = torch.arange(w, device=x.device)[None, :]
         rin = (r >= (cy - lo)[:, None]) & (r < (cy - lo + self.size)[:, None])  # (N, H)

@@ -7,6 +7,7 @@ paper's method is exactly its ``loss`` (MAIR's granularity, with the attack plug
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,14 +105,29 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(1) == y).float().mean()
 
 
+def batch_ce(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` ``(N, C)`` against the batch's labels, mixup-aware.
+
+    With a :class:`toolbox.data.Mixup` batch transform (``batch.extra`` holds ``y2`` and
+    ``lam``) this is ``lam * CE(logits, y) + (1 - lam) * CE(logits, y2)``; otherwise
+    ``CE(logits, y)``.
+    """
+    loss = F.cross_entropy(logits, batch.y)
+    extra = batch.extra or {}
+    if "y2" in extra and "lam" in extra:
+        lam = float(extra["lam"])
+        loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, extra["y2"])
+    return loss
+
+
 class Standard(Defense):
-    """Plain (clean) training: cross-entropy on the unperturbed batch."""
+    """Plain (clean) training: cross-entropy on the unperturbed batch (mixup-aware)."""
 
     name = "standard"
 
     def loss(self, model, batch):
         logits = model(batch.x)
-        loss = F.cross_entropy(logits, batch.y)
+        loss = batch_ce(logits, batch)
         return loss, {"loss": loss.detach(), "acc": _accuracy(logits, batch.y)}
 
 
@@ -136,10 +152,10 @@ class Adversarial(Defense):
     def loss(self, model, batch):
         x_adv = self.adversary(batch)(model, batch.x, batch.y, index=batch.index, check=False)
         logits = model(x_adv)
-        loss = F.cross_entropy(logits, batch.y)
+        loss = batch_ce(logits, batch)
         logs = {"adv_loss": loss.detach(), "adv_acc": _accuracy(logits, batch.y)}
         if self.clean_weight > 0:
-            clean = F.cross_entropy(model(batch.x), batch.y)
+            clean = batch_ce(model(batch.x), batch)
             loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
             logs["clean_loss"] = clean.detach()
         logs["loss"] = loss.detach()
@@ -157,12 +173,20 @@ def defense(name: str, /, **kwargs: Any) -> Defense:
 
     factory = registry().get("defense", name)
     atk = kwargs.get("attack")
-    if isinstance(atk, str):
-        kwargs["attack"] = make_attack(atk, threat=kwargs.pop("threat", None), **kwargs.pop("attack_kwargs", {}))
-    elif isinstance(atk, dict):
-        spec = dict(atk)
-        thr = spec.pop("threat", kwargs.get("threat"))
-        kwargs["attack"] = make_attack(spec.pop("name"), threat=thr, **spec)
+    if isinstance(atk, (str, dict)):
+        # threat= builds the attack; the defense keeps it too only if it takes a threat itself
+        try:
+            takes_threat = "threat" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            takes_threat = False
+        thr = kwargs.get("threat") if takes_threat else kwargs.pop("threat", None)
+        if isinstance(atk, str):
+            kwargs["attack"] = make_attack(atk, threat=thr, **kwargs.pop("attack_kwargs", {}))
+        else:
+            spec = dict(atk)
+            if "name" not in spec:
+                raise ValueError(f"attack: a dict spec needs a 'name' key, got {atk!r}")
+            kwargs["attack"] = make_attack(spec.pop("name"), threat=spec.pop("threat", thr), **spec)
     return factory(**kwargs)
 
 
