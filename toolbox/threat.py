@@ -172,6 +172,12 @@ class LpBall(ThreatModel):
 
     p: float = math.inf
 
+
+    def _eps_rows(self, xf: torch.Tensor) -> torch.Tensor:
+        """The radius per row of the flattened batch ``xf`` ``(N, D)``, as ``(N,)`` in its dtype."""
+        if isinstance(self.eps, torch.Tensor):
+            return self.eps.to(xf).view(-1)
+        return torch.full((xf.shape[0],), float(self.eps), dtype=xf.dtype, device=xf.device)
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(delta.flatten(1), ord=self.p, dim=1)
 
@@ -264,8 +270,7 @@ class L2(LpBall):
         self._check_batch(x, x_adv)
         shape = x_adv.shape
         xf, vf = x.flatten(1).double(), x_adv.flatten(1).double()
-        eps = self.eps.to(xf).view(-1) if isinstance(self.eps, torch.Tensor) else torch.full(
-            (xf.shape[0],), float(self.eps), dtype=xf.dtype, device=xf.device)
+        eps = self._eps_rows(xf)
         w = vf - xf
         z = vf.clamp(0, 1)
         over = (z - xf).norm(dim=1) > eps
@@ -356,8 +361,7 @@ class L1(LpBall):
         self._check_batch(x, x_adv)
         shape = x_adv.shape
         xf, vf = x.flatten(1).double(), x_adv.flatten(1).double()
-        eps = self.eps.to(xf).view(-1) if isinstance(self.eps, torch.Tensor) else torch.full(
-            (xf.shape[0],), float(self.eps), dtype=xf.dtype, device=xf.device)
+        eps = self._eps_rows(xf)
         z = vf.clamp(0, 1)
         over = (z - xf).abs().sum(1) > eps
         if over.any():

@@ -43,3 +43,16 @@ def pick_targets(logits: torch.Tensor, y: torch.Tensor, rule: str,
 def ranked_target(logits: torch.Tensor, rank: int) -> torch.Tensor:
     """The class with the ``rank``-th largest logit (rank 1 = the top class) ``(N,)``."""
     return logits.sort(1, descending=True).indices[:, rank - 1]
+
+
+def attack_labels(model, x: torch.Tensor, y: torch.Tensor, *, targeted: bool, target: torch.Tensor | None,
+                  target_rule: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The label argument ``yy`` of :func:`objective`'s functions: ``y`` ``(N,)`` untargeted;
+    ``(N, 2)`` = (true label, target) when targeted, with ``target`` chosen by ``target_rule``
+    from the model's logits on ``x`` when not given."""
+    if not targeted:
+        return y
+    if target is None:
+        with torch.no_grad():
+            target = pick_targets(model(x), y, target_rule, generator)
+    return torch.stack([y, target], 1)

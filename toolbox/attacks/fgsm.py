@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from .._checks import check_choice, check_positive
-from ._targets import TARGET_RULES, objective, pick_targets
+from ._targets import TARGET_RULES, attack_labels, objective
 from .base import Attack, Signed, iterate
 
 
@@ -34,12 +32,8 @@ class FGSM(Attack):
     def perturb(self, model, x, y, *, generator=None, target=None):
         size = self.threat.eps if self.step_size is None else self.step_size
         x0 = self.threat.random_init(x, generator, box=self.clamp_start) if self.random_start else x
-        yy = y
-        if self.targeted:
-            if target is None:
-                with torch.no_grad():
-                    target = pick_targets(model(x), y, self.target_rule, generator)
-            yy = torch.stack([y, target], 1)
+        yy = attack_labels(model, x, y, targeted=self.targeted, target=target,
+                           target_rule=self.target_rule, generator=generator)
         loss, success = objective(self.loss, self.targeted)
         x_adv, _, _ = iterate(model, x, yy, x0, steps=1, rule=Signed(self.threat, size),
                               loss=loss, success=success, keep_best=False, generator=generator)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_choice, check_positive
-from ._targets import TARGET_RULES, objective, pick_targets
+from ._targets import TARGET_RULES, attack_labels, objective
 from .base import Attack, Signed, check_steps, iterate
 
 
@@ -40,12 +40,8 @@ class PGD(Attack):
 
     def perturb(self, model, x, y, *, generator=None, target=None):
         size = self.threat.default_step_size(self.steps) if self.step_size is None else self.step_size
-        yy = y
-        if self.targeted:
-            if target is None:
-                with torch.no_grad():
-                    target = pick_targets(model(x), y, self.target_rule, generator)
-            yy = torch.stack([y, target], 1)
+        yy = attack_labels(model, x, y, targeted=self.targeted, target=target,
+                           target_rule=self.target_rule, generator=generator)
         loss, success = objective(self.loss, self.targeted)
         rule = Signed(self.threat, size)
         if self.restarts == 1:  # no bookkeeping across restarts
