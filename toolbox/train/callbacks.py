@@ -190,8 +190,12 @@ def _generator(device: torch.device | str, seed: int) -> torch.Generator:
 
 
 def _defense_threat(trainer: Any, who: str) -> Any:
-    atk = getattr(getattr(trainer, "defense", None), "attack", None)
-    threat = getattr(atk, "threat", None)
+    """The defense's threat model: ``defense.threat`` if it has one (defenses without an
+    attack object, e.g. stateful ones), else ``defense.attack.threat``."""
+    d = getattr(trainer, "defense", None)
+    threat = getattr(d, "threat", None)
+    if threat is None:
+        threat = getattr(getattr(d, "attack", None), "threat", None)
     if threat is None:
         raise ValueError(f"{who} needs attack=: the defense {getattr(trainer, 'defense', None)!r} has no threat "
                          "model to attack in (e.g. attack=tb.attack('pgd', threat=tb.Linf(0.3), steps=10))")

@@ -337,8 +337,8 @@ class Trainer:
         system().pm.hook.toolbox_trainer_event(event=event, trainer=self, logs=logs)
 
     def _default_eps(self) -> float:
-        atk = getattr(self.defense, "attack", None)
-        eps = getattr(getattr(atk, "threat", None), "eps", None)
+        threat = getattr(self.defense, "threat", None) or getattr(getattr(self.defense, "attack", None), "threat", None)
+        eps = getattr(threat, "eps", None)
         return float(eps) if isinstance(eps, (int, float)) else float("nan")
 
     # ------------------------------------------------------------------------------ fit
