@@ -1,0 +1,53 @@
+"""Reproduction configs (strict validation, registered through the hook) and the tutorial's
+--quick mode."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+import toolbox as tb
+from toolbox.cli import repro_configs
+from toolbox.config import load
+
+HERE = Path(__file__).resolve().parents[1]
+TUTORIAL = HERE.parents[1] / "tutorials" / "local_linearity_seat.py"
+
+
+def test_repro_configs_are_registered_and_valid():
+    paths = repro_configs("seat")
+    names = {p.name for p in paths}
+    assert {"cifar10_seat.toml", "cifar10_seat_code.toml", "mnist_seat_cpu.toml"} <= names
+    quick = []
+    for p in paths:
+        cfg = load(p)
+        d = cfg.build_defense()
+        assert isinstance(d, tb.Defense) and d.name == "seat"
+        assert cfg.paper is not None
+        if cfg.paper.quick:
+            quick.append(p.name)
+    assert quick == ["mnist_seat_cpu.toml"]
+
+
+def test_cifar_configs_follow_the_paper_and_the_code():
+    paper, code = load(HERE / "repro" / "cifar10_seat.toml"), load(HERE / "repro" / "cifar10_seat_code.toml")
+    dp, dc = paper.build_defense(), code.build_defense()
+    assert dp.lam == 0.5 and dp.attack.loss == "mm" and dp.reduction == "mean" and dp.double_backprop
+    assert dc.lam == 0.6 and dc.attack.loss == "mm-prob" and dc.reduction == "batch" and not dc.double_backprop
+    for d in (dp, dc):
+        assert d.attack.threat.eps == pytest.approx(8 / 255) and d.flood == 0.0
+    assert paper.train.epochs == 30 and paper.train.batch_size == 128
+    atk = paper.build_eval_attacks()["pgd50x10"]
+    assert atk.steps == 50 and atk.restarts == 10 and atk.step_size == pytest.approx(2 / 255)
+
+
+@pytest.mark.slow  # 15-20 s on a loaded machine
+def test_tutorial_quick_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(TUTORIAL), "--quick", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(TUTORIAL), run_name="__main__")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "quadratic" in out and "seat" in out and "apgd-ce" in out
+    assert (tmp_path / "linearity.png").stat().st_size > 1000
