@@ -413,7 +413,9 @@ def threat(name: str, /, **kwargs: Any) -> ThreatModel:
 
 
 def as_threat(value: Any, name: str = "threat") -> ThreatModel:
-    """Accept a ThreatModel, or a ``(name, eps)`` pair / ``{"name":..., "eps":...}`` dict."""
+    """Accept a ThreatModel, a ``(name, eps)`` pair, a ``{"name":..., "eps":...}`` dict, or a
+    list of threat models, which becomes the registered ``union`` threat (a plugin's; e.g.
+    toolbox-union) over them."""
     if isinstance(value, ThreatModel):
         return value
     if isinstance(value, dict):
@@ -421,6 +423,9 @@ def as_threat(value: Any, name: str = "threat") -> ThreatModel:
         return threat(kw.pop("name"), **kw)
     if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str):
         return threat(value[0], eps=value[1])
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, (ThreatModel, dict, tuple, list))
+                                                          for v in value):
+        return threat("union", threats=[as_threat(v, f"{name}[{i}]") for i, v in enumerate(value)])
     raise ValueError(f"{name} must be a ThreatModel (e.g. tb.Linf(eps=0.3)), got {value!r}")
 
 

@@ -1,0 +1,74 @@
+"""Reproduction configs (strict validation, registered through the hook), the benchmark and
+the tutorial's --quick mode."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from toolbox_union import MSD, MSDDefense, PGDAug, WorstPGD
+
+import toolbox as tb
+from toolbox.cli import repro_configs
+from toolbox.config import load
+
+HERE = Path(__file__).resolve().parents[1]
+TUTORIAL = HERE.parents[1] / "tutorials" / "union_of_threat_models.py"
+TABLE52 = {"p_inf": 1.4, "p_2": 0.4, "p_1": 0.0, "worst_pgd": 53.7, "pgd_aug": 15.6, "msd": 58.7}
+
+
+def test_repro_configs_are_registered_and_valid():
+    paths = repro_configs("union")
+    names = {p.name for p in paths}
+    assert {f"mnist_table52_{k}.toml" for k in TABLE52} | {"cifar10_msd.toml", "mnist_msd_cpu.toml"} <= names
+    quick = []
+    for p in paths:
+        cfg = load(p)
+        cfg.build_defense()
+        atks = cfg.build_eval_attacks()
+        assert {a.threat.name for a in atks.values()} == {"linf", "l2", "l1"}
+        if cfg.paper.quick:
+            quick.append(p.name)
+    assert quick == ["mnist_msd_cpu.toml"]
+
+
+def test_table52_configs_follow_the_thesis():
+    for key, all_attacks in TABLE52.items():
+        cfg = load(HERE / "repro" / f"mnist_table52_{key}.toml")
+        d = cfg.build_defense()
+        assert cfg.train.epochs == 20 and cfg.train.batch_size == 100
+        expect = {e.metric: e for e in cfg.paper.expect}
+        assert expect["worst-case"].minimum == pytest.approx(all_attacks)
+        atks = cfg.build_eval_attacks()
+        assert all(a.restarts == 10 for a in atks.values())
+        assert [atks[k].threat.eps for k in ("pgd-linf", "pgd-l2", "pgd-l1")] == [0.3, 1.5, 12.0]
+        if key == "msd":
+            assert isinstance(d, MSDDefense) and isinstance(d.attack, MSD)
+            assert d.attack.steps == 100 and d.attack.step_size == (0.01, 0.2, 0.05)
+        elif key in ("worst_pgd", "pgd_aug"):
+            assert isinstance(d, WorstPGD if key == "worst_pgd" else PGDAug)
+            assert [a.steps for a in d.attacks.values()] == [50, 100, 50]
+        else:
+            assert isinstance(d.attack, tb.Attack) and d.attack.name == "pgd"
+
+
+@pytest.mark.slow  # ~15-40 s on a loaded machine
+def test_tutorial_quick_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(TUTORIAL), "--quick", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(TUTORIAL), run_name="__main__")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "msd" in out and "all inside the union: True" in out and "l1" in out
+    assert (tmp_path / "union_bars.png").stat().st_size > 1000
+
+
+def test_benchmark_msd_shares_the_backward_pass():
+    sys.path.insert(0, str(HERE / "benchmarks"))
+    try:
+        import bench_union
+    finally:
+        sys.path.pop(0)
+    r = bench_union.bench(batch=20, steps=3, repeats=1)
+    # one forward+backward plus three forwards per MSD step vs three forward+backward passes
+    assert r["ratio"] < 1.2 and r["msd_s_per_iter"] > 0
