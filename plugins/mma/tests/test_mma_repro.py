@@ -1,0 +1,84 @@
+"""Reproduction configs (strict validation, registered through the hook), the margin
+reports, and the tutorial's --quick mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from toolbox_mma import MMA, PGDLS, grid_report, margin_report, margins
+
+import toolbox as tb
+from toolbox.cli import repro_configs
+from toolbox.config import load
+
+HERE = Path(__file__).resolve().parents[1]
+TUTORIAL = HERE.parents[1] / "tutorials" / "max_margin_mma.py"
+
+
+def test_repro_configs_are_registered_and_valid():
+    paths = repro_configs("mma")
+    names = {p.name for p in paths}
+    assert {"mnist_mma_linf_0.45.toml", "mnist_pgdls_linf_0.45.toml", "mnist_mma_l2_2.toml",
+            "mnist_mma_l2_4.toml", "cifar10_mma_linf_32.toml", "mnist_mma_cpu.toml",
+            "mnist_pgd045_cpu.toml", "mnist_pgdls_cpu.toml"} <= names
+    quick = []
+    for p in paths:
+        cfg = load(p)
+        d = cfg.build_defense()
+        assert isinstance(d, (MMA, PGDLS))
+        assert cfg.paper is not None and cfg.paper.expect
+        assert {e.metric for e in cfg.paper.expect} - {"clean"} <= set(cfg.build_eval_attacks())
+        if cfg.paper.quick:
+            quick.append(p.name)
+    assert sorted(quick) == ["mnist_mma_cpu.toml", "mnist_pgd045_cpu.toml", "mnist_pgdls_cpu.toml"]
+
+
+def test_paper_settings():
+    linf = load(HERE / "repro" / "mnist_mma_linf_0.45.toml")
+    d = linf.build_defense()
+    assert d.d_max == 0.45 and d.eps_max == pytest.approx(0.4725) and d.eps_min == 0.1
+    assert d.attack.steps == 40 and d.attack.bisection_steps == 10 and d.clean_weight == pytest.approx(1 / 3)
+    assert linf.train.batch_size == 50 and linf.train.epochs == 91
+    atk = linf.build_eval_attacks()["pgd100@0.3"]
+    assert atk.steps == 100 and atk.step_size == pytest.approx(0.0075)
+    l2 = load(HERE / "repro" / "mnist_mma_l2_4.toml").build_defense()
+    assert l2.threat.name == "l2" and l2.d_max == 4.0 and l2.eps_min == 0.5
+    ls = load(HERE / "repro" / "mnist_pgdls_linf_0.45.toml").build_defense()
+    assert ls.ramp_epochs == 50 and ls.attack.threat.eps == 0.45
+
+
+def test_margin_and_grid_reports(digits_model, digits_data):
+    _, _, xt, yt = digits_data
+    atk = tb.attack("an-pgd", threat=tb.Linf(0.3), steps=10, eps_init=0.1, bisection_loss="lm", seed=0)
+    m = margins(digits_model, (xt, yt), atk, n=100)
+    assert m.shape == (100,) and float(m.min()) >= 0 and float(m.max()) <= 0.3 + 1e-6
+    with torch.no_grad():
+        wrong = digits_model(xt[:100]).argmax(1) != yt[:100]
+    assert torch.all(m[wrong] == 0)
+    rep = margin_report(digits_model, (xt, yt), atk, n=100)
+    assert rep["q25"] <= rep["median"] <= rep["q75"] and rep["n"] == 100
+    # a PGD at radius slightly above an example's margin breaks it far more often than one below
+    pgd = tb.attack("pgd", threat=tb.Linf(0.1), steps=10, step_size=0.02, seed=0)
+    row = grid_report(digits_model, (xt, yt), pgd, [0.02, 0.05, 0.1], n=100)
+    assert list(row.columns) == ["clean", "AvgAcc", "AvgRobAcc", "0.02", "0.05", "0.1"]
+    r = row.iloc[0]
+    assert r["clean"] >= r["0.02"] >= r["0.1"]
+    assert r["AvgRobAcc"] == pytest.approx((r["0.02"] + r["0.05"] + r["0.1"]) / 3)
+    # the fraction of examples whose AN-PGD margin exceeds eps is close to robust accuracy at eps
+    frac = 100 * float((m > 0.05).float().mean())
+    assert abs(frac - r["0.05"]) <= 15.0
+
+
+@pytest.mark.slow
+def test_tutorial_quick(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    out = subprocess.run([sys.executable, str(TUTORIAL), "--quick", "--out", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "AN-PGD margins" in out.stdout and "AvgRobAcc" in out.stdout and "margin_mean" in out.stdout
+    assert (tmp_path / "mma_margins.png").stat().st_size > 1000
