@@ -41,8 +41,9 @@ class Certifier:
 
     The model is put in eval mode with frozen parameters for the duration (the same context
     manager as attacks).  A certifier must be sound: ``certified[i]`` implies that every point
-    of the ball ∩ box around ``x[i]`` is classified as ``y[i]``; the kernel's tests check this
-    against attacks for every registered certifier.
+    of the ball ∩ box around ``x[i]`` is classified as ``y[i]``.  Each certifier's own tests
+    must check this against strong attacks (no certified example may be broken), and
+    :func:`toolbox.evaluate` places certified rows beside attack rows so it stays visible.
     """
 
     name: str = "certifier"

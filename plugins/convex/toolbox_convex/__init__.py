@@ -1,0 +1,30 @@
+"""toolbox-convex: provable defenses with the dual network (Wong & Kolter 2018; thesis ch. 3).
+
+Registers through the ``toolbox`` entry point:
+
+* certifier ``dual-network`` (:class:`DualNetworkCertifier`): lower bounds on the margins
+  ``z_y - z_j`` over an ℓ∞ (∩ [0, 1] box) or ℓ2 ball, exact intermediate bounds;
+* defense ``convex`` (:class:`ConvexDefense`): robust cross-entropy on the dual objective.
+
+The bound itself is :func:`dual_bounds` / :func:`margin_lower_bounds` in
+:mod:`toolbox_convex.dual`, differentiable in the model's parameters;
+:func:`certified_radius` bisects on eps for the largest certified radius.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .certifier import DualNetworkCertifier  # noqa: E402
+from .defense import ConvexDefense, robust_cross_entropy  # noqa: E402
+from .dual import DualNetwork, certified_radius, dual_bounds, margin_lower_bounds  # noqa: E402
+
+__all__ = [
+    "ConvexDefense",
+    "DualNetwork",
+    "DualNetworkCertifier",
+    "certified_radius",
+    "dual_bounds",
+    "margin_lower_bounds",
+    "robust_cross_entropy",
+]

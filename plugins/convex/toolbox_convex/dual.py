@@ -1,0 +1,285 @@
+"""The dual network of a ReLU network (Wong & Kolter 2018, thesis ch. 3, Algorithm 1).
+
+For a network ``z_k = W_k relu(z_{k-1}) + b_k`` and an input set ``B(x)`` the dual network
+gives, for any objective ``c``, a lower bound ``J(c) <= min_{x' in B(x)} c^T f(x')``: the dual
+objective at the feasible dual point the thesis uses (slope ``d = u / (u - l)`` on the
+crossing ReLUs, exact interval of the input set).  Run backwards it is a chain of transposed
+layers: ``nu_k = -c``, ``nu_hat_i = W_{i+1}^T nu_{i+1}``, ``nu_i = D_i nu_hat_i``, and
+
+    J(c) = -sum_i nu_{i+1}^T b_{i+1} + sum_i sum_{j crossing} l_ij [nu_ij]_+ - h_B(-nu_hat_1)
+
+with ``h_B`` the support function of the input set (``eps ||.||_1`` for ℓ∞, ``eps ||.||_2``
+for ℓ2; the ℓ∞ ball intersected with the [0, 1] box uses the box's support function, which
+is tighter and still exact).  This module computes it with signs flipped (propagating
+``lambda = -nu``, the coefficients of a linear lower bound) which reads more directly.
+
+Intermediate bounds ``l_i, u_i`` come from the same pass with ``c`` each unit vector of layer
+``i`` (the exact bounds, no random projection): cost ``O(sum_i n_i)`` backward passes, batched.
+
+Supported models: ``nn.Sequential`` (nested ones are flattened) of ``nn.Linear``,
+``nn.Conv2d``, ``nn.Flatten``, ``nn.ReLU`` and ``nn.Identity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_SUPPORTED = (nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU, nn.Identity)
+
+
+def flatten_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's layers as a flat list (nested ``nn.Sequential`` expanded).
+
+    Raises ``ValueError`` naming the first unsupported layer.
+    """
+    if isinstance(model, nn.Sequential):
+        out: list[nn.Module] = []
+        for m in model:
+            out.extend(flatten_layers(m))
+        return out
+    if isinstance(model, nn.Flatten) and model.start_dim != 1:
+        raise ValueError(f"model: nn.Flatten must have start_dim=1, got {model.start_dim}")
+    if isinstance(model, nn.Conv2d) and isinstance(model.padding, str):
+        raise ValueError("model: nn.Conv2d with string padding is not supported")
+    if isinstance(model, nn.Conv2d) and model.padding_mode != "zeros":
+        raise ValueError("model: nn.Conv2d must use padding_mode='zeros'")
+    if isinstance(model, _SUPPORTED):
+        return [] if isinstance(model, nn.Identity) else [model]
+    raise ValueError(
+        f"model: the dual network supports nn.Sequential of Linear/Conv2d/Flatten/ReLU "
+        f"layers, got {type(model).__name__}")
+
+
+class DualNetwork:
+    """The dual network of ``model`` around a batch ``x`` ``(N, ...)`` for one input set.
+
+    Args:
+        model: a supported sequential ReLU network (see module docstring).
+        x: ``(N, ...)`` inputs in [0, 1].
+        eps: radius, a float or a ``(N,)`` tensor (per example), in input units.
+        norm: ``"linf"`` (ball ∩ [0, 1] box when ``box``) or ``"l2"`` (the ball; the box is
+            ignored, which is sound since it only enlarges the set).
+        box: intersect the ℓ∞ ball with [0, 1].
+        fast_first: compute the first hidden layer's bounds in closed form (identical values,
+            far less memory); ``False`` runs the generic dual pass for it too.
+
+    On construction all intermediate pre-activation bounds are computed (attributes
+    ``lower`` / ``upper``: dict layer index -> ``(N, *shape)``).  :meth:`bound` then gives
+    ``J(c)`` for any objective.  Everything is differentiable in the parameters.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor,
+                 norm: str = "linf", *, box: bool = True, fast_first: bool = True) -> None:
+        self.fast_first = bool(fast_first)
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        self.layers = flatten_layers(model)
+        if not self.layers or isinstance(self.layers[-1], nn.ReLU):
+            raise ValueError("model: the last layer must be affine (logits), not ReLU")
+        n = x.shape[0]
+        eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+        if eps_t.dim() == 0:
+            eps_t = eps_t.expand(n)
+        if eps_t.shape != (n,):
+            raise ValueError(f"eps must be a float or a ({n},) tensor, got shape {tuple(eps_t.shape)}")
+        if (eps_t < 0).any():
+            raise ValueError("eps must be >= 0")
+        self.x, self.eps, self.norm = x, eps_t, norm
+        e = eps_t.view(n, *([1] * (x.dim() - 1)))
+        if norm == "linf":
+            lo, hi = x - e, x + e
+            if box:
+                lo, hi = lo.clamp_min(0), hi.clamp_max(1)
+            self.lo, self.hi = lo, hi
+        # shapes of every intermediate h_t (h_0 = x, h_{t+1} = layers[t](h_t))
+        self.shapes: list[torch.Size] = []
+        with torch.no_grad():
+            h = x[:1]
+            for m in self.layers:
+                self.shapes.append(h.shape[1:])
+                h = m(h)
+            self.shapes.append(h.shape[1:])
+        self.lower: dict[int, torch.Tensor] = {}
+        self.upper: dict[int, torch.Tensor] = {}
+        for t, m in enumerate(self.layers):
+            if isinstance(m, nn.ReLU):
+                self._intermediate(t)
+
+    # --- the backward (dual) pass -----------------------------------------------------
+    def _input_term(self, lam: torch.Tensor) -> torch.Tensor:
+        """``min_{x' in B(x)} lam . x'`` for ``lam`` ``(N, m, *in_shape)`` -> ``(N, m)``."""
+        lam = lam.flatten(2)
+        if self.norm == "linf":
+            lo, hi = self.lo.flatten(1).unsqueeze(1), self.hi.flatten(1).unsqueeze(1)
+            return (lam.clamp_min(0) * lo + lam.clamp_max(0) * hi).sum(-1)
+        xc = self.x.flatten(1).unsqueeze(1)
+        return (lam * xc).sum(-1) - self.eps.unsqueeze(1) * lam.norm(dim=-1)
+
+    def _backward(self, lam: torch.Tensor, t_end: int) -> torch.Tensor:
+        """Lower bound of ``lam . h_{t_end}`` over the input set; ``lam`` ``(N, m, *shape)``."""
+        n, m = lam.shape[:2]
+        const = lam.new_zeros(n, m)
+        for t in range(t_end - 1, -1, -1):
+            layer = self.layers[t]
+            in_shape, out_shape = self.shapes[t], self.shapes[t + 1]
+            if isinstance(layer, nn.ReLU):
+                lo, up = self.lower[t], self.upper[t]
+                cross = (lo < 0) & (up > 0)
+                d = torch.where(cross, up / (up - lo).clamp_min(1e-12), (lo >= 0).to(lo.dtype))
+                # lam_j >= 0: relu(z) >= d z;  lam_j < 0: relu(z) <= d (z - l) on crossing units
+                neg = lam.clamp_max(0) * (cross.to(lo.dtype) * d * lo).unsqueeze(1)
+                const = const - neg.flatten(2).sum(-1)
+                lam = lam * d.unsqueeze(1)
+            elif isinstance(layer, nn.Linear):
+                if layer.bias is not None:
+                    const = const + lam @ layer.bias
+                lam = lam @ layer.weight
+            elif isinstance(layer, nn.Conv2d):
+                if layer.bias is not None:
+                    const = const + torch.einsum("nmchw,c->nm", lam, layer.bias)
+                flat = lam.reshape(n * m, *out_shape)
+                k = layer.weight.shape[-2:]
+                pad = [0, 0]
+                for i in range(2):
+                    natural = ((out_shape[1 + i] - 1) * layer.stride[i] - 2 * layer.padding[i]
+                               + layer.dilation[i] * (k[i] - 1) + 1)
+                    pad[i] = in_shape[1 + i] - natural
+                flat = F.conv_transpose2d(flat, layer.weight, None, layer.stride, layer.padding,
+                                          tuple(pad), layer.groups, layer.dilation)
+                lam = flat.reshape(n, m, *in_shape)
+            elif isinstance(layer, nn.Flatten):
+                lam = lam.reshape(n, m, *in_shape)
+            else:  # pragma: no cover - flatten_layers rejects these
+                raise ValueError(f"unsupported layer {layer!r}")
+        return const + self._input_term(lam)
+
+    def _first_affine(self, t: int) -> nn.Module | None:
+        """The single Linear/Conv2d before ``t`` when ``layers[:t]`` has no ReLU, else None."""
+        affine = [m for m in self.layers[:t] if not isinstance(m, nn.Flatten)]
+        if len(affine) == 1 and isinstance(affine[0], (nn.Linear, nn.Conv2d)):
+            return affine[0]
+        return None
+
+    def _interval_first(self, t: int, layer: nn.Module) -> None:
+        """Closed-form bounds of the first affine layer (same values as the dual pass with unit
+        objectives, without its ``(N, units, inputs)`` tensor)."""
+        def run(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            for m in self.layers[:t]:
+                if isinstance(m, nn.Flatten):
+                    h = m(h)
+                elif isinstance(m, nn.Linear):
+                    h = F.linear(h, weight, bias)
+                else:
+                    h = F.conv2d(h, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+            return h
+
+        if self.norm == "linf":
+            center = run((self.lo + self.hi) / 2, layer.weight, layer.bias)
+            radius = run((self.hi - self.lo) / 2, layer.weight.abs(), None)
+        else:
+            center = run(self.x, layer.weight, layer.bias)
+            sq = run(torch.ones_like(self.x[:1]), layer.weight.square(), None)
+            e = self.eps.view(-1, *([1] * (center.dim() - 1)))
+            radius = e * sq.clamp_min(0).sqrt()
+        self.lower[t], self.upper[t] = center - radius, center + radius
+
+    def _intermediate(self, t: int) -> None:
+        """Exact dual bounds of every unit of ``h_t`` (the input of the ReLU at ``t``)."""
+        first = self._first_affine(t) if self.fast_first else None
+        if first is not None:
+            self._interval_first(t, first)
+            return
+        shape = self.shapes[t]
+        k = int(torch.Size(shape).numel())
+        eye = torch.eye(k, dtype=self.x.dtype, device=self.x.device).view(k, *shape)
+        lam = torch.cat([eye, -eye]).unsqueeze(0).expand(self.x.shape[0], 2 * k, *shape)
+        b = self._backward(lam, t)
+        n = self.x.shape[0]
+        self.lower[t] = b[:, :k].reshape(n, *shape)
+        self.upper[t] = (-b[:, k:]).reshape(n, *shape)
+
+    def bound(self, c: torch.Tensor) -> torch.Tensor:
+        """``J(c)``: lower bounds of ``c_i . f(x')`` over the set.
+
+        Args:
+            c: ``(N, m, num_logits)`` objectives (``(m, num_logits)`` is broadcast).
+        Returns:
+            ``(N, m)`` lower bounds in logit units.
+        """
+        n = self.x.shape[0]
+        if c.dim() == 2:
+            c = c.unsqueeze(0).expand(n, *c.shape)
+        out = self.shapes[-1]
+        if c.dim() != 3 or c.shape[0] != n or c.shape[2:] != out:
+            raise ValueError(f"c must be (N, m, {tuple(out)}) or (m, {tuple(out)}), "
+                             f"got {tuple(c.shape)}")
+        return self._backward(c.to(self.x.dtype), len(self.layers))
+
+
+def dual_bounds(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor,
+                norm: str = "linf", *, box: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise lower and upper bounds on the logits over the input set, each ``(N, C)``."""
+    dn = DualNetwork(model, x, eps, norm, box=box)
+    k = dn.shapes[-1].numel()
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    b = dn.bound(torch.cat([eye, -eye]))
+    return b[:, :k], -b[:, k:]
+
+
+def margin_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        eps: float | torch.Tensor, norm: str = "linf", *,
+                        box: bool = True) -> torch.Tensor:
+    """Lower bounds on ``z_y(x') - z_j(x')`` over the input set: ``(N, C)``, 0 at ``j = y``.
+
+    ``x`` ``(N, ...)`` in [0, 1]; ``y`` ``(N,)`` labels; ``eps`` float or ``(N,)``.
+    Differentiable in the model's parameters (the robust loss uses it).
+    """
+    dn = DualNetwork(model, x, eps, norm, box=box)
+    num = dn.shapes[-1].numel()
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    eye = torch.eye(num, dtype=x.dtype, device=x.device)
+    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (N, C, C): row j = e_y - e_j
+    return dn.bound(c)
+
+
+def threat_norm(threat: Any) -> str:
+    """``"linf"`` or ``"l2"`` for a toolbox threat model; ``ValueError`` otherwise."""
+    name = type(threat).__name__.lower()
+    if name in ("linf", "l2"):
+        return name
+    raise ValueError(f"threat: the dual network supports tb.Linf and tb.L2, got {type(threat).__name__}")
+
+
+def certified_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "linf", *,
+                     eps_max: float = 1.0, tol: float = 1e-3, box: bool = True) -> torch.Tensor:
+    """Largest certified radius per example by bisection on eps (thesis eq. 3.29).
+
+    Returns ``(N,)`` radii ``r`` (input units) with every margin bound ``> 0`` at ``r`` (``0``
+    where even eps = 0 fails, i.e. misclassified) and, unless ``r = eps_max``, some bound
+    ``<= 0`` at ``r + tol``.  The dual bound is not guaranteed monotone in eps, so this is the
+    radius of the bisection bracket, which is still a valid certificate at ``r``.
+    """
+    if not eps_max > 0 or not tol > 0:
+        raise ValueError(f"eps_max and tol must be > 0, got {eps_max}, {tol}")
+
+    def ok(eps: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            m = margin_lower_bounds(model, x, y, eps, norm, box=box)
+        return m.scatter(1, y.view(-1, 1), float("inf")).min(1).values > 0
+
+    lo = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    hi = torch.full_like(lo, float(eps_max))
+    good_at_zero = ok(lo)
+    top = ok(hi)
+    lo = torch.where(top, hi, lo)
+    while bool(((hi - lo) > tol).any()):
+        mid = (lo + hi) / 2
+        good = ok(mid)
+        lo = torch.where(good, mid, lo)
+        hi = torch.where(good, hi, mid)
+    return torch.where(good_at_zero, lo, torch.zeros_like(lo))
