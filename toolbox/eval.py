@@ -438,7 +438,7 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
                         fin = torch.isfinite(la).all(1)
                         inside = atk.threat.contains(xa, xs)
                         with torch.no_grad():
-                            norms = atk.threat.norm((xa - xs).double())
+                            norms = atk.threat.norm((xa - xs).double(), xs.double())
                         max_norm[name] = max(max_norm[name], float(norms.max()))
                         nonfinite_adv[name] += int((~fin).sum())
                         outside[name] += int((~inside).sum())

@@ -78,8 +78,10 @@ class ThreatModel:
                              f"examples (shape {tuple(x.shape)})")
 
     # -- required geometry ----------------------------------------------------------------
-    def norm(self, delta: torch.Tensor) -> torch.Tensor:
-        """Per-example size of a perturbation ``delta`` ``(N, ...)`` -> ``(N,)``."""
+    def norm(self, delta: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example size of a perturbation ``delta`` ``(N, ...)`` -> ``(N,)``.  ``x`` (the
+        clean points, same shape) is for geometries whose size depends on where the
+        perturbation sits (e.g. Wasserstein balls); ℓp balls ignore it."""
         raise NotImplementedError
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +180,7 @@ class LpBall(ThreatModel):
         if isinstance(self.eps, torch.Tensor):
             return self.eps.to(xf).view(-1)
         return torch.full((xf.shape[0],), float(self.eps), dtype=xf.dtype, device=xf.device)
-    def norm(self, delta: torch.Tensor) -> torch.Tensor:
+    def norm(self, delta: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         return torch.linalg.vector_norm(delta.flatten(1), ord=self.p, dim=1)
 
 

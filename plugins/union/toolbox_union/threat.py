@@ -105,7 +105,7 @@ class Union(ThreatModel):
         return tuple(t.default_step_size(steps) for t in self.threats)
 
     # -- geometry -------------------------------------------------------------------------
-    def norm(self, delta: torch.Tensor) -> torch.Tensor:
+    def norm(self, delta: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """The union's gauge ``eps * min_p ||delta||_p / eps_p`` ``(N,)`` (``<= eps`` iff inside
         some ball; ``inf`` for a non-zero ``delta`` when every radius is 0)."""
         out = None

@@ -1,0 +1,24 @@
+"""toolbox-wasserstein: the Wasserstein threat model (Wong, Schmidt & Kolter 2019; Wong's
+thesis, chapter 5, §5.1–5.2).
+
+Registers threat model ``wasserstein`` (:class:`Wasserstein`): projection onto the Wasserstein
+ball by projected Sinkhorn iterations with local (k×k) transport plans, an entropic Sinkhorn
+distance as its ``norm``, and the ℓ∞ sign step of the reference attack as its ascent, so
+``tb.attack("pgd", threat=Wasserstein(...))`` runs on the kernel's shared loop.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .sinkhorn import (  # noqa: E402
+    lambertw_exp,
+    local_cost,
+    projected_sinkhorn,
+    sinkhorn_distance,
+    wasserstein_lp,
+)
+from .threat import Wasserstein  # noqa: E402
+
+__all__ = ["__version__", "Wasserstein", "lambertw_exp", "local_cost", "projected_sinkhorn",
+           "sinkhorn_distance", "wasserstein_lp"]

@@ -1,0 +1,12 @@
+"""The ``wasserstein`` plugin module (entry point ``toolbox = wasserstein = toolbox_wasserstein.plugin``)."""
+
+from __future__ import annotations
+
+import toolbox as tb
+
+from .threat import Wasserstein
+
+
+@tb.hookimpl
+def toolbox_register(registry) -> None:
+    registry.add_threat("wasserstein", Wasserstein)
