@@ -776,3 +776,6 @@ def toolbox_register(registry) -> None:
     registry.add_callback("curve-plot", CurvePlot)
     registry.add_callback("robust-early-stopping", RobustEarlyStopping)
     registry.add_callback("co-detector", CODetector)
+    from .guided import GuidedLR
+
+    registry.add_callback("guided-lr", GuidedLR)

@@ -1,0 +1,60 @@
+"""Reproduction configs (strict validation, registered through the hook) and the tutorial's
+--quick mode."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+import toolbox as tb
+from toolbox.cli import repro_configs
+from toolbox.config import load
+from toolbox.train.guided import GuidedLR
+
+HERE = Path(__file__).resolve().parents[1]
+TUTORIAL = HERE.parents[1] / "tutorials" / "local_stability_atlas.py"
+
+
+def test_repro_configs_are_registered_and_valid():
+    paths = repro_configs("atlas")
+    names = {p.name for p in paths}
+    assert {"mnist_atlas_paper.toml", "mnist_adv_paper.toml", "mnist_atlas20_paper.toml",
+            "mnist_atlas_cpu.toml", "cifar10_atlas.toml"} <= names
+    quick = []
+    for p in paths:
+        cfg = load(p)
+        d = cfg.build_defense()
+        assert isinstance(d, tb.Defense) and d.name == "atlas"
+        assert cfg.paper is not None
+        if cfg.paper.quick:
+            quick.append(p.name)
+    assert quick == ["mnist_atlas_cpu.toml"]
+
+
+def test_mnist_table1_configs_follow_the_paper():
+    one, adv, twenty = (load(HERE / "repro" / n) for n in ("mnist_atlas_paper.toml", "mnist_adv_paper.toml",
+                                                           "mnist_atlas20_paper.toml"))
+    d1, da, d20 = one.build_defense(), adv.build_defense(), twenty.build_defense()
+    assert (d1.alpha, d1.beta) == (1e-5, 0.3) and (da.alpha, da.beta) == (0.0, 0.0) and (d20.alpha, d20.beta) == (5e-6, 0.2)
+    for d in (d1, da):
+        assert d.attack.name == "fgsm" and d.attack.random_start and d.attack.step_size == pytest.approx(0.375)
+    assert d20.attack.name == "pgd" and d20.attack.steps == 20 and d20.attack.step_size == pytest.approx(0.01)
+    assert one.train.batch_size == 128
+    atk = one.build_eval_attacks()
+    assert atk["pgd1000"].steps == 1000 and atk["un-t"].restarts == 20
+    assert {e.metric: e for e in one.paper.expect}["pgd1000"].value == pytest.approx(89.56)
+    assert {e.metric: e for e in adv.paper.expect}["pgd1000"].value == pytest.approx(83.25)
+    tr = one.build_trainer(one.build_model())
+    assert any(isinstance(cb, GuidedLR) and cb.plateau == 2 and cb.factor == 5.0 for cb in tr.callbacks)
+
+
+@pytest.mark.slow  # 15-30 s on a loaded machine
+def test_tutorial_quick_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(TUTORIAL), "--quick", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(TUTORIAL), run_name="__main__")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "unbiased" in out and "atlas" in out and "apgd-ce" in out
+    assert (tmp_path / "co.png").stat().st_size > 1000
