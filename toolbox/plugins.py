@@ -32,6 +32,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -287,3 +288,16 @@ def plugins():
             )
     return pd.DataFrame(rows, columns=["plugin", "version", "distribution", "builtin", "module",
                                        "hooks", "registers", "status"])
+
+
+def repro_dir(module_file: str | os.PathLike) -> Path:
+    """The reproduction-config folder of the plugin whose module file is ``module_file``
+    (pass ``__file__``): ``<distribution>/repro`` in a source checkout (an editable install,
+    ``plugins/<name>/repro``), else ``<package>/repro`` when installed as package data.  A
+    plugin's ``toolbox_repro_configs`` hook typically returns ``sorted(repro_dir(__file__).glob("*.toml"))``.
+    """
+    here = Path(module_file).resolve().parent
+    for cand in (here.parent / "repro", here / "repro"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "repro"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import toolbox as tb
+from toolbox.plugins import repro_dir as plugin_repro_dir
 
 from .defenses import ATAS, ATTA
 from .diagnostics import GradNormStats
@@ -12,11 +13,7 @@ from .diagnostics import GradNormStats
 
 def repro_dir() -> Path:
     """The folder holding this plugin's reproduction configs (``plugins/atas/repro``)."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "repro", here / "repro"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "repro"
+    return plugin_repro_dir(__file__)
 
 
 @tb.hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import toolbox as tb
+from toolbox.plugins import repro_dir as plugin_repro_dir
 
 from .defense import ATLAS
 from .monitor import JacobianMonitor
@@ -19,11 +20,7 @@ def toolbox_register(registry):
 
 def repro_dir() -> Path:
     """``plugins/atlas/repro`` in a source checkout, else ``toolbox_atlas/repro``."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "repro", here / "repro"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "repro"
+    return plugin_repro_dir(__file__)
 
 
 @tb.hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import toolbox as tb
+from toolbox.plugins import repro_dir as plugin_repro_dir
 
 from .attacks import RFGSM, TradesKL
 from .defenses import FGSMRS, PGDAT, TRADES, FGSMZero, Free, RFGSMDefense
@@ -13,11 +14,7 @@ from .overfit import RobustErrorTracker
 
 def repro_dir() -> Path:
     """The folder holding this plugin's reproduction configs (``plugins/fastat/repro``)."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "repro", here / "repro"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "repro"
+    return plugin_repro_dir(__file__)
 
 
 @tb.hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import toolbox as tb
+from toolbox.plugins import repro_dir as plugin_repro_dir
 
 from .anpgd import ANPGD
 from .defenses import MMA, PGDLS
@@ -14,11 +15,7 @@ from .margins import BestMargin, MarginTracker
 
 def repro_dir() -> Path:
     """The folder holding this plugin's reproduction configs (``plugins/mma/repro``)."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "repro", here / "repro"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "repro"
+    return plugin_repro_dir(__file__)
 
 
 @tb.hookimpl

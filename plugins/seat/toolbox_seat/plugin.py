@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import toolbox as tb
+from toolbox.plugins import repro_dir as plugin_repro_dir
 
 from .attack import SEATAttack
 from .callbacks import LinearityMonitor
@@ -21,11 +22,7 @@ def toolbox_register(registry):
 def repro_dir() -> Path:
     """The folder holding the reproduction configs: ``plugins/seat/repro`` in a source checkout
     (editable install), else ``toolbox_seat/repro`` if it was installed as package data."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "repro", here / "repro"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "repro"
+    return plugin_repro_dir(__file__)
 
 
 @tb.hookimpl
