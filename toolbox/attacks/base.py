@@ -294,6 +294,32 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
     return _own(x_best, owned, x_init), loss_best, done
 
 
+def best_over_restarts(x: torch.Tensor, restarts: int,
+                       run: Callable[[int, torch.Tensor | None],
+                                     tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Restarts that keep, per example, the best result: ``run(r, rows)`` attacks restart
+    ``r`` on the rows ``rows`` of ``x`` (an index tensor, or ``None`` for all of them) and
+    returns :func:`iterate`'s ``(x_best, loss_best, succeeded)`` for those rows.  Restart 0
+    runs on every row, each later one only on the rows no restart has broken yet; a row takes
+    a later restart's point when its loss is higher.  Returns ``x_adv`` shaped like ``x``.
+    """
+    n = x.shape[0]
+    if restarts == 1:  # no bookkeeping
+        return run(0, None)[0]
+    x_out = x.clone()
+    best = torch.full((n,), float("-inf"), device=x.device)
+    todo = torch.arange(n, device=x.device)
+    for r in range(restarts):
+        xb, lb, ok = run(r, None if todo.numel() == n else todo)
+        upd = (lb > best[todo]) | (r == 0)
+        x_out[todo[upd]] = xb[upd]
+        best[todo[upd]] = lb[upd]
+        todo = todo[~ok]
+        if todo.numel() == 0:
+            break
+    return x_out
+
+
 def _own(x_best: torch.Tensor, owned: bool, x_init: torch.Tensor) -> torch.Tensor:
     """``x_best``, copied when it may share memory with the caller's ``x_init``."""
     if not owned and x_best.untyped_storage().data_ptr() == x_init.untyped_storage().data_ptr():

@@ -6,7 +6,7 @@ import torch
 
 from .._checks import check_choice, check_positive
 from ._targets import TARGET_RULES, attack_labels, objective
-from .base import Attack, Signed, check_steps, iterate
+from .base import Attack, Signed, best_over_restarts, check_steps, iterate
 
 
 class PGD(Attack):
@@ -44,29 +44,16 @@ class PGD(Attack):
                            target_rule=self.target_rule, generator=generator)
         loss, success = objective(self.loss, self.targeted)
         rule = Signed(self.threat, size)
-        if self.restarts == 1:  # no bookkeeping across restarts
-            x0 = self.threat.random_init(x, generator) if self.random_start else x
-            xb, _, _ = iterate(model, x, yy, x0, steps=self.steps, rule=rule, loss=loss,
-                               success=success, early_stop=self.early_stop,
-                               keep_best=self.keep_best, generator=generator)
-            return xb
-        x_out = x.clone()
-        best = torch.full((x.shape[0],), float("-inf"), device=x.device)
-        todo = torch.arange(x.shape[0], device=x.device)
-        for r in range(self.restarts):
-            xs = x[todo]
-            tm = self.threat
-            if isinstance(tm.eps, torch.Tensor):  # per-example radii follow the examples
-                tm = tm.with_eps(tm.eps[todo])
-                rule = Signed(tm, size[todo] if isinstance(size, torch.Tensor) else size)
+
+        def run(r, rows):
+            xs, ys, tm, rl = x, yy, self.threat, rule
+            if rows is not None:
+                xs, ys = x[rows], yy[rows]
+                if isinstance(tm.eps, torch.Tensor):  # per-example radii follow the examples
+                    tm = tm.with_eps(tm.eps[rows])
+                    rl = Signed(tm, size[rows] if isinstance(size, torch.Tensor) else size)
             x0 = tm.random_init(xs, generator) if (self.random_start or r > 0) else xs
-            xb, lb, ok = iterate(model, xs, yy[todo], x0, steps=self.steps, rule=rule, loss=loss,
-                                 success=success, early_stop=self.early_stop,
-                                 keep_best=self.keep_best, generator=generator)
-            upd = (lb > best[todo]) | (r == 0)
-            x_out[todo[upd]] = xb[upd]
-            best[todo[upd]] = lb[upd]
-            todo = todo[~ok]
-            if todo.numel() == 0:
-                break
-        return x_out
+            return iterate(model, xs, ys, x0, steps=self.steps, rule=rl, loss=loss, success=success,
+                           early_stop=self.early_stop, keep_best=self.keep_best, generator=generator)
+
+        return best_over_restarts(x, self.restarts, run)

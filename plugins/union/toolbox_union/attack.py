@@ -11,7 +11,14 @@ import torch
 
 import toolbox as tb
 from toolbox import losses as _losses
-from toolbox.attacks.base import Attack, Signed, check_steps, iterate, misclassified
+from toolbox.attacks.base import (
+    Attack,
+    Signed,
+    best_over_restarts,
+    check_steps,
+    iterate,
+    misclassified,
+)
 
 from .threat import Union
 
@@ -120,27 +127,18 @@ class MSD(Attack):
         tm: Union = self.threat
         sizes = tm.default_step_size(self.steps) if self.step_size is None else self.step_size
         loss, success = _losses.get(self.loss), misclassified
-        x_out = x.clone()
-        best = torch.full((x.shape[0],), float("-inf"), device=x.device)
-        todo = torch.arange(x.shape[0], device=x.device)
-        for r in range(self.restarts):
-            whole = todo.numel() == x.shape[0]
-            xs, ys = (x, y) if whole else (x[todo], y[todo])
-            t = tm if (whole or not isinstance(tm.eps, torch.Tensor)) else tm.with_eps(tm.eps[todo])
-            sz = sizes if whole else tuple(s[todo] if isinstance(s, torch.Tensor) else s for s in sizes)
+
+        def run(r, rows):
+            whole = rows is None
+            xs, ys = (x, y) if whole else (x[rows], y[rows])
+            t = tm if (whole or not isinstance(tm.eps, torch.Tensor)) else tm.with_eps(tm.eps[rows])
+            sz = sizes if whole else tuple(s[rows] if isinstance(s, torch.Tensor) else s for s in sizes)
             x0 = xs if (r == 0 and self.zero_start) else t.random_init(xs, generator)
-            xb, lb, ok = iterate(model, xs, ys, x0, steps=self.steps, rule=Signed(t, sz), loss=loss,
-                                 success=success, early_stop=self.early_stop,
-                                 keep_best=self.keep_best, generator=generator)
-            if self.restarts == 1:
-                return xb
-            upd = (lb > best[todo]) | (r == 0)
-            x_out[todo[upd]] = xb[upd]
-            best[todo[upd]] = lb[upd]
-            todo = todo[~ok]
-            if todo.numel() == 0:
-                break
-        return x_out
+            return iterate(model, xs, ys, x0, steps=self.steps, rule=Signed(t, sz), loss=loss,
+                           success=success, early_stop=self.early_stop,
+                           keep_best=self.keep_best, generator=generator)
+
+        return best_over_restarts(x, self.restarts, run)
 
     def spec(self) -> dict[str, Any]:
         out = super().spec()
