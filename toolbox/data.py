@@ -37,7 +37,6 @@ import math
 import os
 import pickle
 import struct
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from ._checks import check_choice, check_positive
+from ._io import atomic_write
 from .hookspecs import hookimpl
 
 __all__ = [
@@ -332,23 +332,11 @@ def cache_dir() -> Path:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a cache is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(path, write, fsync=True)
 
 
 def _check_counts(name: str, split: str, y: np.ndarray, expected: Sequence[int], source: Any) -> None:

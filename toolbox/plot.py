@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from ._io import atomic_write
 
 __all__ = ["robustness_curve", "training_curves", "save"]
 
@@ -109,15 +110,5 @@ def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"path must be a file path, got {path!r}")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fmt = out.suffix[1:].lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{fmt}", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi), suffix=f".{fmt}")

@@ -19,7 +19,6 @@ import copy
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_positive
+from .._io import atomic_write
 from ..hookspecs import hookimpl
 
 __all__ = ["Callback", "ProgressBar", "History", "CurvePlot", "RobustEarlyStopping", "CODetector"]
@@ -95,30 +95,6 @@ def _is_main(trainer: Any) -> bool:
 def _clone_state(state: dict) -> dict:
     """A deep copy of a (model or optimizer) state dict whose tensors share no storage."""
     return copy.deepcopy(state)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file in ``path``'s directory, then rename it
-    onto ``path`` (``os.replace``), so a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def _resolve(path: str | os.PathLike, run_dir: Path | None) -> Path:
@@ -313,7 +289,7 @@ class History(Callback):
         self.path = self._csv_path(trainer)
         if self.path is not None and _is_main(trainer):
             df = self.dataframe
-            _atomic_write(self.path, lambda tmp: df.to_csv(tmp, index=False))
+            atomic_write(self.path, lambda tmp: df.to_csv(tmp, index=False))
 
     def __repr__(self) -> str:
         return f"History(csv={self.csv!r})"
@@ -392,16 +368,7 @@ class CurvePlot(Callback):
                 raise OSError(f"training_curves wrote nothing to {tmp}")
 
         # the temporary file keeps the .png suffix so suffix-driven savefig picks PNG
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix or ".png", dir=out.parent)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, out)
-        except BaseException:
-            with _suppress():
-                os.unlink(tmp)
-            raise
+        atomic_write(out, write, suffix=out.suffix or ".png")
         self.written = out
 
     def __repr__(self) -> str:
@@ -500,7 +467,7 @@ class RobustEarlyStopping(Callback):
             if run_dir is not None and _is_main(trainer):
                 self.path = Path(run_dir) / "best.pt"
                 state = self.best_state
-                _atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+                atomic_write(self.path, lambda tmp: torch.save(state, tmp))
         else:
             self.wait += 1
         logs["best_epoch"] = self.best_epoch

@@ -11,54 +11,29 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .._checks import check_positive
+from .._io import atomic_write
 from .callbacks import Callback
 
 FORMAT = "toolbox-checkpoint"
 VERSION = 1
 
 
-def _temp_path(path: Path) -> Path:
-    """A fresh hidden file name next to ``path`` (same directory, so ``os.replace`` is atomic)."""
-    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to a temporary file in ``path``'s directory, then ``os.replace``:
     a reader (or a resumed run after a crash) sees the old file or the new one, never half.
     The file gets the usual permissions (umask), and is fsynced before the rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy ``src`` to ``dst`` atomically (temporary file + ``os.replace``)."""
-    dst = Path(dst)
-    tmp = _temp_path(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dst
+    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
