@@ -5,7 +5,6 @@ validation accuracy drops by more than 10 points)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -147,6 +146,5 @@ def plot_co_monitor(history: Any, path: str | os.PathLike | None = None, *, titl
         ax.set_title(title)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        tb.plot.save(fig, path, dpi=120)
     return fig

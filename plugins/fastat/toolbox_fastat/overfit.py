@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -285,8 +284,7 @@ def plot_robust_error(curves: Any, path: str | os.PathLike | None = None, *, las
     ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
+        tb.plot.save(fig, path, dpi=100)
     plt.close(fig)
     return fig
 
@@ -312,8 +310,7 @@ def plot_perturbation_histogram(ratios: Any, path: str | os.PathLike | None = No
     ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
+        tb.plot.save(fig, path, dpi=100)
     plt.close(fig)
     return fig
 

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+import toolbox as tb
 from toolbox.train.callbacks import Callback
 
 from .defenses import STORE_KEY
@@ -156,7 +157,7 @@ class MarginTracker(Callback):
             import matplotlib.pyplot as plt
 
             fig = plot_margins(self)
-            fig.savefig(os.path.join(trainer.run_dir, self.plot), dpi=100)
+            tb.plot.save(fig, os.path.join(trainer.run_dir, self.plot), dpi=100)
             plt.close(fig)
 
     def state_dict(self):

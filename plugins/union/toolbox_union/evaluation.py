@@ -13,6 +13,7 @@ import torch
 import toolbox as tb
 
 from .attack import as_union
+from .defenses import norm_attacks
 
 __all__ = ["norm_suite", "union_report", "ALL"]
 
@@ -31,21 +32,10 @@ def norm_suite(threat: Any, *, steps: int | Sequence[int] = (100, 200, 100), ste
     (ℓ∞) and APGD-CE (ℓ∞ and ℓ2).  The foolbox attacks of the thesis suite are not included.
     """
     u = as_union(threat)
-    k = len(u.threats)
-
-    def per(v: Any, name: str) -> list[Any]:
-        if isinstance(v, Sequence) and not isinstance(v, str):
-            if len(v) != k:
-                raise ValueError(f"{name} must give one value per norm ({k}), got {v!r}")
-            return list(v)
-        return [v] * k
-
+    pgds = norm_attacks(u, steps=steps, step_size=step_size, restarts=restarts, seed=seed)
     out: dict[str, dict[str, tb.Attack]] = {}
-    for t, s, a in zip(u.threats, per(steps, "steps"), per(step_size, "step_size"), strict=True):
-        group, i = t.name, 2
-        while group in out:
-            group, i = f"{t.name}-{i}", i + 1
-        g = {"pgd": tb.attack("pgd", threat=t, steps=s, step_size=a, restarts=restarts, seed=seed)}
+    for t, (group, pgd) in zip(u.threats, pgds.items(), strict=True):
+        g = {"pgd": pgd}
         if extra and t.name == "linf":
             g["fgsm"] = tb.attack("fgsm", threat=t, seed=seed)
         if extra and t.name in ("linf", "l2"):
