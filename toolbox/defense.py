@@ -96,6 +96,16 @@ class Defense:
         return f"{type(self).__name__}({'attack=' + repr(self.attack) if self.attack else ''})"
 
 
+def defense_threat(defense: Any) -> Any:
+    """The threat model a defense trains against: ``defense.threat`` when it has one
+    (defenses without an attack object, e.g. stateful ones), else ``defense.attack.threat``;
+    ``None`` when it has neither (standard training)."""
+    threat = getattr(defense, "threat", None)
+    if threat is None:
+        threat = getattr(getattr(defense, "attack", None), "threat", None)
+    return threat
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of rows of ``logits`` ``(N, C)`` whose argmax is ``y`` ``(N,)``, as a float."""
     return _accuracy(logits, y).item()

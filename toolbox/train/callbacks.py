@@ -166,12 +166,10 @@ def _generator(device: torch.device | str, seed: int) -> torch.Generator:
 
 
 def _defense_threat(trainer: Any, who: str) -> Any:
-    """The defense's threat model: ``defense.threat`` if it has one (defenses without an
-    attack object, e.g. stateful ones), else ``defense.attack.threat``."""
-    d = getattr(trainer, "defense", None)
-    threat = getattr(d, "threat", None)
-    if threat is None:
-        threat = getattr(getattr(d, "attack", None), "threat", None)
+    """The trainer's defense's threat model (:func:`toolbox.defense.defense_threat`)."""
+    from ..defense import defense_threat
+
+    threat = defense_threat(getattr(trainer, "defense", None))
     if threat is None:
         raise ValueError(f"{who} needs attack=: the defense {getattr(trainer, 'defense', None)!r} has no threat "
                          "model to attack in (e.g. attack=tb.attack('pgd', threat=tb.Linf(0.3), steps=10))")

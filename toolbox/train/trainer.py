@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_positive
-from ..defense import Batch, Defense
+from ..defense import Batch, Defense, defense_threat
 from . import distributed as D
 from .callbacks import Callback
 from .checkpoint import FORMAT, VERSION, atomic_save, latest_checkpoint, read_checkpoint
@@ -337,8 +337,7 @@ class Trainer:
         system().pm.hook.toolbox_trainer_event(event=event, trainer=self, logs=logs)
 
     def _default_eps(self) -> float:
-        threat = getattr(self.defense, "threat", None) or getattr(getattr(self.defense, "attack", None), "threat", None)
-        eps = getattr(threat, "eps", None)
+        eps = getattr(defense_threat(self.defense), "eps", None)
         return float(eps) if isinstance(eps, (int, float)) else float("nan")
 
     # ------------------------------------------------------------------------------ fit
