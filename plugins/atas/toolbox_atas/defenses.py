@@ -128,9 +128,8 @@ class ATTA(tb.Defense):
                              f"{self.name} takes sign steps")
         if isinstance(self.threat.eps, torch.Tensor):
             raise ValueError("threat.eps must be a number (per-example eps tensors are not supported)")
-        # the nominal adversary: exposes the threat model to the Trainer and its callbacks
-        # (eps in the history, the CO detector's default attacks); the step itself is below
-        self.attack = tb.attack("fgsm", threat=self.threat)
+        # self.threat exposes the threat model to the Trainer and its callbacks (eps in the
+        # history, the CO detector's default attacks: toolbox.defense.defense_threat)
         self.step_size = _number(step_size, "step_size")
         self.reset_every = 0 if reset_every is None else _int(reset_every, "reset_every")
         self.warmup_epochs = _int(warmup_epochs, "warmup_epochs")
