@@ -215,7 +215,9 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
     examples and ``loss``/``success`` receive them as they are.
     """
     n = x.shape[0]
-    x_best = x_init.detach().clone()
+    # without keep_best or early_stop the per-step x_best is overwritten at the end: skip it
+    track_x = keep_best or early_stop
+    x_best = x_init.detach().clone() if track_x else x_init.detach()
     loss_best = torch.full((n,), float("-inf"), device=x.device, dtype=torch.float32)
     done = torch.zeros(n, dtype=torch.bool, device=x.device)
     idx: torch.Tensor | None = None  # rows still computed; None = all (no copies, no gathers)
@@ -223,14 +225,12 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
     x_adv = x_init.detach()
     inf = float("inf")
     col = (-1,) + (1,) * (x.dim() - 1)
-    # without keep_best or early_stop the per-step x_best is overwritten at the end: skip it
-    track_x = keep_best or early_stop
     # on the CPU a host-side test is free: when every row improved, x_best just becomes the
     # iterate (no copy; torch.where over the batch costs as much as six element-wise passes).
     # Iterates are never written in place, so the alias is safe; x_best is then written out of
     # place once before any in-place update (it may alias x_init, the caller's tensor).
     host = x.device.type == "cpu"
-    owned = True
+    owned = track_x  # x_best is a private copy (else it may alias the caller's x_init)
 
     def loss_fn(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
