@@ -48,6 +48,8 @@ attack = "pgd"
 threat = "linf"
 eps = 0.05
 steps = 5
+[eval.groups]
+"pgd@0.05" = ["pgd5"]
 """
 
 
@@ -199,8 +201,9 @@ def test_train_writes_run_directory(trained_run):
     hist = pd.read_csv(trained_run / "history.csv")
     assert len(hist) == 2
     report = pd.read_csv(trained_run / "eval.csv")
-    assert list(report["attack"]) == ["clean", "pgd5", "worst-case"]
+    assert list(report["attack"]) == ["clean", "pgd5", "worst-case", "pgd@0.05"]  # [eval.groups] row last
     acc = dict(zip(report["attack"], report["accuracy"], strict=True))
+    assert acc["pgd@0.05"] == acc["pgd5"]
     assert acc["clean"] > 0.5  # 2 epochs on digits learn something
     assert acc["worst-case"] <= min(acc["clean"], acc["pgd5"])
     md = (trained_run / "eval.md").read_text()
@@ -226,7 +229,7 @@ def test_eval_checkpoint(trained_run, capsys):
     # the config's own [eval.attacks] by default, JSON output
     code, out, _ = run(capsys, "eval", str(ckpt), "--n", "40", "--json")
     assert code == 0
-    assert [r["attack"] for r in json.loads(out)] == ["clean", "pgd5", "worst-case"]
+    assert [r["attack"] for r in json.loads(out)] == ["clean", "pgd5", "worst-case", "pgd@0.05"]
 
 
 def test_eval_matches_train_report(trained_run, capsys):
@@ -244,6 +247,11 @@ def test_set_override_changes_the_run(tiny_config, tmp_path, capsys):
     code, _, err = run(capsys, "train", str(tiny_config), "--run-dir", str(run_dir),
                        "--set", "train.epochs=1", "--set", 'defense.name="standard"',
                        "--set", "data.n_train=200", "--set", "eval.attacks={}", "--set", "eval.n=20")
+    assert code == 2 and "eval.groups.pgd@0.05: 'pgd5' is not under [eval.attacks]" in err  # groups need their attacks
+    code, _, err = run(capsys, "train", str(tiny_config), "--run-dir", str(run_dir),
+                       "--set", "train.epochs=1", "--set", 'defense.name="standard"',
+                       "--set", "data.n_train=200", "--set", "eval.attacks={}", "--set", "eval.groups={}",
+                       "--set", "eval.n=20")
     assert code == 0, err
     resolved = tomllib.loads((run_dir / "config.toml").read_text())
     assert resolved["train"]["epochs"] == 1 and resolved["defense"]["name"] == "standard"
@@ -378,7 +386,7 @@ def test_resume_continues_from_checkpoint(tiny_config, tmp_path, capsys):
     """Resuming a finished run with the same config continues from its last checkpoint:
     nothing more to train, the same weights and history, a fresh eval report."""
     run_dir = tmp_path / "r"
-    args = ["train", str(tiny_config), "--run-dir", str(run_dir), "--set", "eval.attacks={}",
+    args = ["train", str(tiny_config), "--run-dir", str(run_dir), "--set", "eval.attacks={}", "--set", "eval.groups={}",
             "--set", "eval.n=20", "--set", "data.n_train=200"]
     code, _, err = run(capsys, *args)
     assert code == 0, err

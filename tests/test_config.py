@@ -388,11 +388,14 @@ def test_docs_examples_validate():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     full = C.loads(blocks[0])
     assert full.name == "digits-pgd-demo" and full.defense.attack.kwargs["steps"] == 7
     assert full.schedule["eps"]["kind"] == "linear" and len(full.callbacks) == 1
-    figures = [C.loads(blocks[0] + b).paper.expect for b in blocks[1:]]
+    grouped = C.loads(blocks[0] + blocks[1])
+    assert grouped.eval.groups == {"pgd@0.3": ["ce@0.3", "cw@0.3"]}
+    assert grouped.build_eval_attacks()["cw@0.3"].loss == "cw"
+    figures = [C.loads(blocks[0] + b).paper.expect for b in blocks[2:]]
     assert figures[0][1] == figures[1][0] == C.Expectation("pgd20", 85.0, 4.0, "Table 2", 88.8)
 
 
@@ -411,3 +414,24 @@ def test_one_sided_bounds_in_paper_expectations():
         from_dict({**base, "paper": {"expect": {"clean": {"min": 90.0, "max": 80.0}}}})
     with pytest.raises(ConfigError, match="value"):
         from_dict({**base, "paper": {"expect": {"clean": {"tolerance": 1.0}}}})
+
+
+def test_eval_groups_parse_validate_and_reach_paper_metrics():
+    from toolbox.config import ConfigError, from_dict
+
+    atk = {"ce": {"attack": "pgd", "threat": "linf", "eps": 0.1},
+           "cw": {"attack": "pgd", "threat": "linf", "eps": 0.1, "loss": "cw"}}
+    base = {"model": {"name": "digits-cnn"}, "data": {"name": "digits"}}
+    cfg = from_dict({**base, "eval": {"attacks": atk, "groups": {"pgd@0.1": ["ce", "cw"]}},
+                     "paper": {"expect": {"pgd@0.1": {"min": 50.0}}}})
+    assert cfg.eval.groups == {"pgd@0.1": ["ce", "cw"]}
+    assert cfg.eval.to_dict()["groups"] == {"pgd@0.1": ["ce", "cw"]}
+    assert [e.metric for e in cfg.paper.expect] == ["pgd@0.1"]
+    with pytest.raises(ConfigError, match=r"eval.groups.g: 'cv' is not under \[eval.attacks\]"):
+        from_dict({**base, "eval": {"attacks": atk, "groups": {"g": ["ce", "cv"]}}})
+    with pytest.raises(ConfigError, match="eval.groups.ce"):
+        from_dict({**base, "eval": {"attacks": atk, "groups": {"ce": ["cw"]}}})
+    with pytest.raises(ConfigError, match="non-empty list"):
+        from_dict({**base, "eval": {"attacks": atk, "groups": {"g": "ce"}}})
+    with pytest.raises(ConfigError, match="not a row of the eval report"):
+        from_dict({**base, "eval": {"attacks": atk}, "paper": {"expect": {"pgd@0.1": 50.0}}})

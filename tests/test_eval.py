@@ -478,3 +478,41 @@ def test_training_curves(tmp_path):
     tb.plot.training_curves(history, tmp_path / "noext")
     assert (tmp_path / "noext").read_bytes()[:4] == b"\x89PNG"
     assert isinstance(tb.plot.training_curves(history[["epoch"]]), Figure)  # nothing to draw yet
+
+
+def test_groups_add_worst_of_rows(cnn, digits):
+    """A group row is the per-example AND of its attacks, beside the overall worst case."""
+    atk = {"pgd-ce@0.05": tb.attack("pgd", threat=tb.Linf(0.05), steps=10),
+           "pgd-cw@0.05": tb.attack("pgd", threat=tb.Linf(0.05), steps=10, loss="cw"),
+           "pgd-ce@0.1": tb.attack("pgd", threat=tb.Linf(0.1), steps=10)}
+    groups = {"pgd@0.05": ["pgd-ce@0.05", "pgd-cw@0.05"], "pgd@0.1": ["pgd-ce@0.1"]}
+    report, issued = quiet_evaluate(cnn, digits[1], atk, n=N, per_example=True, batch_size=100,
+                                    progress=False, groups=groups)
+    assert issued == []
+    assert list(report.index) == ["clean", *atk, "worst-case", "pgd@0.05", "pgd@0.1"]
+    assert report.loc["pgd@0.05", "kind"] == "worst-case"
+    assert report.loc["pgd@0.05", "eps"] == 0.05 and report.loc["pgd@0.05", "threat"] == "linf"
+    pe = report.attrs["per_example"]
+    both = pe["pgd-ce@0.05"] & pe["pgd-cw@0.05"]
+    assert (pe["pgd@0.05"] == both).all()
+    acc = report["accuracy"]
+    assert acc["pgd@0.05"] == pytest.approx(both.mean())
+    assert acc["pgd@0.05"] <= min(acc["pgd-ce@0.05"], acc["pgd-cw@0.05"])
+    assert acc["pgd@0.1"] == acc["pgd-ce@0.1"]
+    assert acc["worst-case"] <= acc["pgd@0.05"]
+    assert report.attrs["groups"] == groups
+
+
+@pytest.mark.parametrize("groups, kw, match", [
+    ({"g": ["nope"]}, {}, "not attacks of this evaluation"),
+    ({"g": []}, {}, "non-empty list"),
+    ({"g": "fgsm"}, {}, "non-empty list"),
+    ({"fgsm": ["fgsm"]}, {}, "clashes"),
+    ({"worst-case": ["fgsm"]}, {}, "clashes"),
+    ({"g": ["fgsm"]}, {"cascade": True}, "cascade"),
+    (["fgsm"], {}, "dict"),
+])
+def test_groups_bad_input(linear, test_xy, groups, kw, match):
+    with pytest.raises(ValueError, match=match):
+        tb.evaluate(linear, test_xy, {"fgsm": tb.attack("fgsm", threat=tb.Linf(EPS))}, n=10,
+                    progress=False, groups=groups, **kw)

@@ -321,12 +321,15 @@ def _checkpointer(cfg: Any) -> list:
 def evaluate_config(cfg: Any, model: Any, test: Any,
                     attacks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Run the config's ``[eval]`` on ``model`` (``attacks`` default to the config's
-    ``[eval.attacks]``): ``(report DataFrame, rows)``; accuracies are fractions in [0, 1]."""
+    ``[eval.attacks]``; ``[eval.groups]`` rows are added when their attacks are evaluated):
+    ``(report DataFrame, rows)``; accuracies are fractions in [0, 1]."""
     from .eval import evaluate
 
     attacks = cfg.build_eval_attacks() if attacks is None else attacks
+    # the config's [eval.groups] apply when their attacks are among those evaluated
+    groups = {g: m for g, m in cfg.eval.groups.items() if all(k in attacks for k in m)}
     report = evaluate(model, test, attacks=attacks, n=cfg.eval.n, batch_size=cfg.eval.batch_size,
-                      device=cfg.device(), seed=cfg.train.seed)
+                      device=cfg.device(), seed=cfg.train.seed, groups=groups)
     return report, report_rows(report)
 
 
@@ -488,7 +491,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = args.n if args.n is not None else cfg.eval.n
     bs = args.batch_size or cfg.eval.batch_size
     report = evaluate(model, test, attacks=attacks, n=n, batch_size=bs, device=cfg.device(),
-                      seed=args.seed)
+                      seed=args.seed, groups=None if args.attack else cfg.eval.groups)
     rows = report_rows(report)
     cols = _report_columns(rows)
     if args.json:

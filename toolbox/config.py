@@ -410,6 +410,7 @@ class EvalSpec:
     batch_size: int = 500
     split: str = "test"
     attacks: dict[str, AttackSpec] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # row name -> attack names (worst of them)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -417,6 +418,8 @@ class EvalSpec:
             out["n"] = self.n
         out.update(batch_size=self.batch_size, split=self.split)
         out["attacks"] = {k: a.to_dict() for k, a in self.attacks.items()}
+        if self.groups:
+            out["groups"] = {k: list(v) for k, v in self.groups.items()}
         return out
 
 
@@ -885,7 +888,7 @@ def _parse_callbacks(raw: Any) -> list[dict[str, Any]]:
 
 def _parse_eval(raw: Mapping[str, Any]) -> EvalSpec:
     path = "eval"
-    _check_keys(path, raw, ["n", "batch_size", "split", "attacks"])
+    _check_keys(path, raw, ["n", "batch_size", "split", "attacks", "groups"])
     n = _nonneg_int(raw, path, "n", 1000, positive=True)
     bs = _nonneg_int(raw, path, "batch_size", 500, positive=True)
     split = _get(raw, path, "split", str, "test")
@@ -894,7 +897,20 @@ def _parse_eval(raw: Mapping[str, Any]) -> EvalSpec:
         if name in ("clean", "worst-case"):
             raise ConfigError(f"eval.attacks.{name}: {name!r} is reserved for the report's own rows")
         attacks[name] = _parse_attack(spec, f"eval.attacks.{name}", "attack")
-    return EvalSpec(n, bs, split, attacks)
+    groups: dict[str, list[str]] = {}
+    for name, members in _table(raw, path, "groups").items():
+        where = f"eval.groups.{name}"
+        if name in ("clean", "worst-case") or name in attacks:
+            raise ConfigError(f"{where}: {name!r} is already a row of the report (an attack or a reserved "
+                              f"name); pick another name")
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise ConfigError(f"{where} must be a non-empty list of [eval.attacks] names, got {members!r}")
+        for m in members:
+            if m not in attacks:
+                raise ConfigError(f"{where}: {m!r} is not under [eval.attacks].{_suggest(m, list(attacks))} "
+                                  f"Available: {', '.join(attacks) or 'none'}")
+        groups[name] = list(members)
+    return EvalSpec(n, bs, split, attacks, groups)
 
 
 def _percent(table: Mapping[str, Any], path: str, key: str, *, required: bool = False) -> float | None:
@@ -915,7 +931,7 @@ def _parse_paper(raw: Mapping[str, Any], eval_spec: EvalSpec) -> PaperSpec:
     quick = _get(raw, path, "quick", bool, False)
     default_tol = _nonneg_float(raw, path, "tolerance")
     expect_raw = _get(raw, path, "expect", (dict, list), [])
-    metrics = ["clean", *eval_spec.attacks, "worst-case"]
+    metrics = ["clean", *eval_spec.attacks, "worst-case", *eval_spec.groups]
     items: list[tuple[str, str | None, Any]] = []  # (key path, metric or None, entry)
     if isinstance(expect_raw, dict):  # [paper.expect] metric = value
         for metric, entry in expect_raw.items():

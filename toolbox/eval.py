@@ -308,13 +308,39 @@ def _first_batch_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, flag
                   f"attacks fail; use BPDA or black-box attacks")
 
 
+def _groups(groups: Any, atks: Mapping[str, Any], certs: Mapping[str, Any],
+            cascade: bool) -> dict[str, tuple[str, ...]]:
+    """Validate :func:`evaluate`'s ``groups``: row name -> a non-empty list of attack names."""
+    if groups is None:
+        return {}
+    if not isinstance(groups, Mapping):
+        raise ValueError(f"groups must be a dict row name -> list of attack names, got {type(groups).__name__}")
+    if groups and cascade:
+        raise ValueError("groups= cannot be used with cascade=True: cascaded attack rows are cumulative, "
+                         "so a group's row would include attacks outside the group")
+    out: dict[str, tuple[str, ...]] = {}
+    for g, members in groups.items():
+        if not isinstance(g, str) or g in ("clean", "worst-case") or g in atks or g in certs:
+            raise ValueError(f"groups: row name {g!r} clashes with the report's own rows, an attack or a "
+                             f"certifier; pick another name")
+        if isinstance(members, str) or not isinstance(members, Sequence) or not members:
+            raise ValueError(f"groups[{g!r}] must be a non-empty list of attack names, got {members!r}")
+        unknown = [m for m in members if m not in atks]
+        if unknown:
+            raise ValueError(f"groups[{g!r}]: {unknown} are not attacks of this evaluation "
+                             f"(attacks: {', '.join(atks) or 'none'})")
+        out[g] = tuple(dict.fromkeys(members))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # evaluate
 # ------------------------------------------------------------------------------------------------
 def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None = None,
              batch_size: int = 250, device: str | torch.device | None = None,
              per_example: bool = False, certifiers: Any = None, cascade: bool = False,
-             seed: int = 0, progress: bool | None = None) -> pd.DataFrame:
+             seed: int = 0, progress: bool | None = None,
+             groups: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Clean, per-attack, worst-case (and certified) accuracy on the first ``n`` examples.
 
     Args:
@@ -344,6 +370,10 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
             ``(seed, attack name, batch number)``: a seeded evaluation is reproducible and does
             not depend on the input type or the other attacks (without cascade).
         progress: tqdm bar on stderr; ``None`` shows it when stderr is a TTY and ``CI`` is unset.
+        groups: row name -> attack names: one more ``worst-case`` row per group, robust when
+            robust against every attack of the group (e.g. ``{"pgd@0.3": ["pgd-ce@0.3",
+            "pgd-cw@0.3"]}``: a paper's "worst of CE and CW restarts" at one radius, beside
+            runs at other radii).  Not with ``cascade`` (cascaded rows are cumulative).
 
     Returns:
         A ``pandas.DataFrame`` indexed by row name (``"clean"``, the attack names,
@@ -379,6 +409,7 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
     clash = set(atks) & set(certs)
     if clash:
         raise ValueError(f"certifiers: names {sorted(clash)} are also attack names; rename one")
+    grp = _groups(groups, atks, certs, cascade)
 
     home = _model_device(model)
     dev = torch.device(device) if device is not None else (home or torch.device("cpu"))
@@ -514,6 +545,13 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
                     "+".join(names) if names else None,
                     epss.pop() if len(epss) == 1 else (0.0 if not atks else float("nan")),
                     max(max_norm.values()) if len(names) == 1 else (0.0 if not atks else float("nan"))))
+    for g, members in grp.items():
+        out[g] = torch.stack([out[k] for k in members]).all(0)
+        g_names = sorted({atks[k].threat.name for k in members})
+        g_eps = {_eps_value(atks[k].threat) for k in members}
+        rows.append(row(g, "worst-case", out[g], sum(times[k] for k in members), "+".join(g_names),
+                        g_eps.pop() if len(g_eps) == 1 else float("nan"),
+                        max(max_norm[k] for k in members) if len(g_names) == 1 else float("nan")))
     for k, c in certs.items():
         rows.append(row(k, "certified", out[k], times[k], c.threat.name, _eps_value(c.threat), float("nan")))
     report = pd.DataFrame(rows).set_index("name")
@@ -522,6 +560,7 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
     report.attrs["specs"] = {**{k: a.spec() for k, a in atks.items()}, **{k: c.spec() for k, c in certs.items()}}
     report.attrs["seed"] = seed
     report.attrs["cascade"] = bool(cascade)
+    report.attrs["groups"] = {g: list(m) for g, m in grp.items()}
     if per_example:
         pe = pd.DataFrame({k: v.numpy() for k, v in out.items()})
         report.attrs["per_example"] = pe
