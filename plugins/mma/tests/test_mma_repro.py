@@ -32,7 +32,7 @@ def test_repro_configs_are_registered_and_valid():
         d = cfg.build_defense()
         assert isinstance(d, (MMA, PGDLS))
         assert cfg.paper is not None and cfg.paper.expect
-        assert {e.metric for e in cfg.paper.expect} - {"clean"} <= set(cfg.build_eval_attacks())
+        assert {e.metric for e in cfg.paper.expect} - {"clean"} <= set(cfg.build_eval_attacks()) | set(cfg.eval.groups)
         if cfg.paper.quick:
             quick.append(p.name)
     assert sorted(quick) == ["mnist_mma_cpu.toml", "mnist_pgd045_cpu.toml", "mnist_pgdls_cpu.toml"]
@@ -44,8 +44,18 @@ def test_paper_settings():
     assert d.d_max == 0.45 and d.eps_max == pytest.approx(0.4725) and d.eps_min == 0.1
     assert d.attack.steps == 40 and d.attack.bisection_steps == 10 and d.clean_weight == pytest.approx(1 / 3)
     assert linf.train.batch_size == 50 and linf.train.epochs == 91
-    atk = linf.build_eval_attacks()["pgd100@0.3"]
-    assert atk.steps == 100 and atk.step_size == pytest.approx(0.0075)
+    # the paper's white-box protocol: per radius, 50 PGD-100 restarts, half CE, half CW
+    atks = linf.build_eval_attacks()
+    assert linf.eval.groups["pgd100@0.3"] == ["pgd100-ce@0.3", "pgd100-cw@0.3"]
+    for name, loss in (("pgd100-ce@0.3", "ce"), ("pgd100-cw@0.3", "cw")):
+        atk = atks[name]
+        assert atk.steps == 100 and atk.step_size == pytest.approx(0.0075) and atk.restarts == 25
+        assert atk.loss == loss
+    assert {e.metric for e in linf.paper.expect} == {"clean", *linf.eval.groups}
+    assert [c["name"] for c in linf.callbacks] == ["mma-margins", "mma-best-margin"]
+    for name in ("mnist_mma_linf_0.45.toml", "mnist_pgdls_linf_0.45.toml"):
+        best = load(HERE / "repro" / name).build_callbacks()[-1]
+        assert type(best).__name__ == "BestMargin" and best.n == 5000 and best.steps == 40
     l2 = load(HERE / "repro" / "mnist_mma_l2_4.toml").build_defense()
     assert l2.threat.name == "l2" and l2.d_max == 4.0 and l2.eps_min == 0.5
     ls = load(HERE / "repro" / "mnist_pgdls_linf_0.45.toml").build_defense()
