@@ -24,7 +24,7 @@ import torch
 import toolbox as tb
 from toolbox.train.callbacks import RobustEarlyStopping
 
-from .defense import ATLAS, fgsm_rs_attack
+from .defense import ATLAS
 from .monitor import JacobianMonitor
 
 __all__ = ["make_defense", "run", "compare", "check", "main"]
@@ -36,8 +36,8 @@ def make_defense(method: str, eps: float = 0.3, *, alpha: float = 1e-5, beta: fl
     """``"atlas"`` / ``"atlas-l"`` / ``"atlas-g"`` (one-step ATLAS and its ablations) or
     ``"fgsm-rs"`` (one-step ADV: ATLAS with α = β = 0, i.e. CE on the same FGSM-RS adversary)."""
     thr = tb.Linf(eps)
-    if method == "fgsm-rs":
-        return tb.defense("adversarial", attack=fgsm_rs_attack(thr))
+    if method == "fgsm-rs":  # the same defense with both terms off: CE on the same adversary, same warm-up
+        return ATLAS(thr, alpha=0.0, beta=0.0)
     if method in ("atlas", "atlas-l", "atlas-g"):
         return ATLAS(thr, alpha=alpha, beta=beta, variant=method)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -45,7 +45,8 @@ def make_defense(method: str, eps: float = 0.3, *, alpha: float = 1e-5, beta: fl
 
 def run(method: str, seed: int = 0, *, epochs: int = 3, eps: float = 0.3, alpha: float = 1e-5, beta: float = 0.3,
         n_eval: int = 1000, n_apgd: int = 200, train_data: Any = None, test_data: Any = None,
-        monitor: bool = False, best_val: int | None = 500) -> dict[str, Any]:
+        monitor: bool = False, best_val: int | None = 500, optimizer: str = "adam", lr: float = 5e-3,
+        warmup: float = 0.0, batch_size: int = 100, n_train: int | None = None) -> dict[str, Any]:
     """Train ``method`` from scratch with ``seed`` and evaluate; returns a dict with ``clean``,
     ``pgd20``, ``apgd`` (percent), ``best_epoch``, ``train_s`` (seconds), ``s_per_batch`` and
     ``history``.
@@ -59,17 +60,27 @@ def run(method: str, seed: int = 0, *, epochs: int = 3, eps: float = 0.3, alpha:
     val = None
     if best_val is not None:
         train, val = tb.data.split(train, best_val, seed=0)
+    if n_train is not None:
+        train = tb.data.subset(train, torch.arange(n_train))
     model = tb.models.create("mnist-small")
     defense = make_defense(method, eps, alpha=alpha, beta=beta)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    if optimizer == "adam":  # Wong et al.'s MNIST recipe: Adam, LR 0 -> lr at 2/5 -> 0
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        lr_schedule: Any = {"kind": "cyclic", "peak": lr, "peak_at": 0.4}
+    elif optimizer == "sgd":  # the paper's: SGD at a constant lr (momentum 0.9 [inferred])
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        lr_schedule = None
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    eps_schedule = ({"kind": "linear", "start": 0.0, "end": eps, "epochs": warmup} if warmup > 0 else None)
     cbs: list[Any] = []
     if val is not None:
         cbs.append(RobustEarlyStopping(tb.attack("pgd", threat=tb.Linf(eps), steps=20, step_size=0.01), n=best_val,
                                        restore_best=True, seed=seed))
     if monitor:
         cbs.append(JacobianMonitor(n=200, n_val=200))
-    trainer = tb.Trainer(model, defense, optimizer=opt, batch_size=100, seed=seed, callbacks=cbs,
-                         lr_schedule={"kind": "cyclic", "peak": 5e-3, "peak_at": 0.4})
+    trainer = tb.Trainer(model, defense, optimizer=opt, batch_size=batch_size, seed=seed, callbacks=cbs,
+                         lr_schedule=lr_schedule, eps_schedule=eps_schedule)
     t0 = time.perf_counter()
     hist = trainer.fit(train, epochs=epochs, val_data=val)
     train_s = time.perf_counter() - t0
@@ -86,7 +97,8 @@ def run(method: str, seed: int = 0, *, epochs: int = 3, eps: float = 0.3, alpha:
         xa, ya = x[:n_apgd], y[:n_apgd]
         apgd_acc = (model(apgd(model, xa, ya)).argmax(1) == ya).float().mean().item()
     best = int(hist["best_epoch"].iloc[-1]) if "best_epoch" in hist.columns else epochs - 1
-    return {"method": method, "seed": seed, "epochs": epochs, "best_epoch": best, "alpha": alpha, "beta": beta, "clean": 100 * clean, "pgd20": 100 * pgd_acc,
+    return {"method": method, "seed": seed, "epochs": epochs, "best_epoch": best, "alpha": alpha, "beta": beta,
+            "optimizer": optimizer, "lr": lr, "warmup": warmup, "clean": 100 * clean, "pgd20": 100 * pgd_acc,
             "apgd": 100 * apgd_acc, "train_s": train_s, "final_train_jac": _last(hist, "train_jac"), "s_per_batch": train_s / trainer.step, "history": hist}
 
 

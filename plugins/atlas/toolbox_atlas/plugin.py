@@ -7,6 +7,7 @@ from pathlib import Path
 import toolbox as tb
 from toolbox.plugins import repro_dir as plugin_repro_dir
 
+from .attacks import FGSMKL, MultiTargeted
 from .defense import ATLAS
 from .monitor import JacobianMonitor
 
@@ -15,6 +16,8 @@ from .monitor import JacobianMonitor
 def toolbox_register(registry):
     registry.add("defense", "atlas", ATLAS)
     registry.add("callback", "jacobian-monitor", JacobianMonitor)
+    registry.add("attack", "multi-targeted", MultiTargeted)
+    registry.add("attack", "fgsm-kl", FGSMKL)
     # the guided LR schedule is the kernel's callback "guided-lr" (toolbox/train/guided.py)
 
 

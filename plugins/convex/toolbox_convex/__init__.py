@@ -4,7 +4,10 @@ Registers through the ``toolbox`` entry point:
 
 * certifier ``dual-network`` (:class:`DualNetworkCertifier`): lower bounds on the margins
   ``z_y - z_j`` over an ℓ∞ (∩ [0, 1] box) or ℓ2 ball, exact intermediate bounds;
-* defense ``convex`` (:class:`ConvexDefense`): robust cross-entropy on the dual objective.
+* defense ``convex`` (:class:`ConvexDefense`): robust cross-entropy on the dual objective,
+  with exact or random-projection intermediate bounds (``projections=``).
+
+Robust cascades: :func:`train_cascade` and :class:`Cascade` (:mod:`toolbox_convex.cascade`).
 
 The bound itself is :func:`dual_bounds` / :func:`margin_lower_bounds` in
 :mod:`toolbox_convex.dual`, differentiable in the model's parameters;
@@ -15,11 +18,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .cascade import Cascade, self_certified, train_cascade  # noqa: E402
 from .certifier import DualNetworkCertifier  # noqa: E402
 from .defense import ConvexDefense, robust_cross_entropy  # noqa: E402
 from .dual import DualNetwork, certified_radius, dual_bounds, margin_lower_bounds  # noqa: E402
 
 __all__ = [
+    "Cascade",
     "ConvexDefense",
     "DualNetwork",
     "DualNetworkCertifier",
@@ -27,4 +32,6 @@ __all__ = [
     "dual_bounds",
     "margin_lower_bounds",
     "robust_cross_entropy",
+    "self_certified",
+    "train_cascade",
 ]

@@ -13,7 +13,7 @@ import toolbox as tb
 
 from .linearity import REDUCTIONS, attack_loss, linear_residual, reduce_residual
 
-__all__ = ["SEATAttack", "SEATStep", "seat_perturb", "random_vertex", "clean_loss_and_grad"]
+__all__ = ["SEATAttack", "SEATStep", "seat_perturb", "random_vertex", "clean_loss_and_grad", "max_linearity_error"]
 
 
 def _col(v: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
@@ -43,6 +43,82 @@ def clean_loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         lc = F.cross_entropy(model(xc), y, reduction="none")
         (gc,) = torch.autograd.grad(lc.sum(), xc, retain_graph=retain_graph)
     return (lc if retain_graph else lc.detach()), gc.detach()
+
+
+def _project(x: torch.Tensor, x_new: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """``x_new`` projected onto the ℓ∞ ball of radius ``eps`` around ``x``, then into [0, 1]."""
+    e = _col(eps, x)
+    d = torch.max(torch.min(x_new - x, e), -e) if isinstance(e, torch.Tensor) else (x_new - x).clamp(-e, e)
+    return (x + d).clamp(0, 1)
+
+
+def max_linearity_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
+                        steps: int = 10, step_size: float | None = None, starts: tuple | list = (),
+                        restarts: int = 1, generator: torch.Generator | None = None,
+                        clean: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local linearity measure ``γ(ε; x) = max_{‖δ‖∞ ≤ ε, x+δ ∈ [0,1]} g(δ; x)`` (the maximised
+    form of SEAT's linearity error, as in Qin et al. 2019's LLR, whose name SEAT's code uses),
+    estimated per example.
+
+    ``g`` is the cross-entropy linearity error about ``x`` (:func:`~toolbox_seat.linearity_error`).
+    The estimate is the per-example maximum of ``g`` over the given ``starts`` (adversarial
+    points ``(N, ...)`` inside the ball, e.g. the FGSM and PGD points) and over every iterate of
+    ``restarts`` signed-gradient ascents on ``g`` itself, each from a random vertex of the ball
+    (``steps`` steps of size ``step_size``, default ε/4, projected onto ball ∩ [0, 1]).  A lower
+    bound on γ: more steps or restarts can only raise it.
+
+    Args:
+        model: logits ``(N, C)``; used in its current mode (call it under
+            ``toolbox.attack_mode(model)``), parameters untouched.
+        x: clean images ``(N, ...)`` in [0, 1]; ``y``: labels ``(N,)``.
+        eps: ℓ∞ radius (float or ``(N,)``), pixel units.
+        steps: ascent steps per restart (0: random vertices and ``starts`` only).
+        restarts: number of random-vertex ascents.
+        clean: ``(CE(x) (N,), ∇ₓCE(x) (N, ...))`` if already computed.
+
+    Returns ``(γ (N,) in nats, the maximising points (N, ...))``, detached.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+        raise ValueError(f"restarts must be an int >= 0, got {restarts!r}")
+    if not starts and restarts == 0:
+        raise ValueError("max_linearity_error needs starts or restarts >= 1")
+    lc, gc = clean if clean is not None else clean_loss_and_grad(model, x, y)
+    lc, gc = lc.detach(), gc.detach()
+    alpha = _col(eps, x) / 4 if step_size is None else step_size
+    x = x.detach()
+
+    def g_and_grad(xp: torch.Tensor, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.enable_grad():
+            xv = xp.detach().clone().requires_grad_(need_grad)
+            r = linear_residual(F.cross_entropy(model(xv), y, reduction="none"), lc, xv - x, gc).abs()
+            grad = torch.autograd.grad(r.sum(), xv)[0] if need_grad else None
+        return r.detach(), grad
+
+    best, best_x = None, None
+
+    def keep(g: torch.Tensor, xp: torch.Tensor) -> None:
+        nonlocal best, best_x
+        if best is None:
+            best, best_x = g.clone(), xp.detach().clone()
+            return
+        better = g > best
+        best = torch.where(better, g, best)
+        best_x = torch.where(better.view((-1,) + (1,) * (x.dim() - 1)), xp.detach(), best_x)
+
+    for s in starts:
+        if s.shape != x.shape:
+            raise ValueError(f"every start must have the shape of x {tuple(x.shape)}, got {tuple(s.shape)}")
+        keep(g_and_grad(s, False)[0], s)
+    for _ in range(restarts):
+        xp = (x + random_vertex(x, eps, generator)).clamp(0, 1)
+        for _ in range(steps):
+            g, grad = g_and_grad(xp, True)
+            keep(g, xp)
+            xp = _project(x, xp + _col(alpha, x) * grad.sign(), eps)
+        keep(g_and_grad(xp, False)[0], xp)
+    return best, best_x
 
 
 @dataclass

@@ -10,21 +10,32 @@ import torch
 import toolbox as tb
 from toolbox.train.callbacks import Callback
 
-from .attack import clean_loss_and_grad
+from .attack import clean_loss_and_grad, max_linearity_error
 from .linearity import linear_residual, reduce_residual
 
 __all__ = ["LinearityMonitor", "measure_linearity"]
 
 
 def measure_linearity(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, probe: tb.Attack,
-                      pgd: tb.Attack | None = None, *, seed: int = 0) -> dict[str, float]:
-    """Linearity error and accuracies of ``model`` (eval mode) on one batch.
+                      pgd: tb.Attack | None = None, *, seed: int = 0, max_steps: int = 10,
+                      max_restarts: int = 1) -> dict[str, float]:
+    """Linearity errors and accuracies of ``model`` (eval mode) on one batch.
 
     ``x`` ``(N, ...)`` in [0, 1], ``y`` ``(N,)``; ``probe``: the attack whose perturbation
-    ``δ = probe(x) − x`` is measured (FGSM for the CO diagnostic); ``pgd``: the multi-step attack
-    for robust accuracy (skipped when None).  Returns ``lin_err`` (mean of per-example g, nats),
-    ``lin_err_batch`` (|batch mean of the residual|, the code's form), ``lin_clean_acc``,
-    ``lin_probe_acc`` and ``lin_pgd_acc`` (fractions).
+    ``δ = probe(x) − x`` is measured (FGSM: Eq. 4's single-step δ); ``pgd``: the multi-step attack
+    for robust accuracy (skipped when None).  ``max_steps`` / ``max_restarts``: the ascent on g
+    of :func:`~toolbox_seat.max_linearity_error` for the maximised measure (the probe's
+    ``threat.eps`` is the radius; ``max_restarts=0``: the maximum over the probe and PGD points only).
+
+    Returns (errors in nats, means over the batch of per-example values unless said otherwise):
+
+    - ``lin_err``: g of the probe's δ (mean of per-example |r|);
+    - ``lin_err_batch``: |batch mean of r| for the probe's δ (the official code's form);
+    - ``lin_err_pgd``: g at the PGD point (only with ``pgd``);
+    - ``lin_err_max``: γ, the per-example maximum of g over the ball (probe point, PGD point and
+      the ascent), the measure that sees catastrophic overfitting in every direction;
+    - ``lin_clean_acc``, ``lin_probe_acc``, ``lin_pgd_acc``: fractions (adversarial ones count
+      an example only if it is also classified correctly when clean).
     """
     device = x.device
     out: dict[str, float] = {}
@@ -42,11 +53,20 @@ def measure_linearity(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
         clean = logits_c.argmax(1) == y
         out["lin_clean_acc"] = clean.float().mean().item()
         out["lin_probe_acc"] = ((logits_p.argmax(1) == y) & clean).float().mean().item()
+        starts = [x_p]
         if pgd is not None:
             g.manual_seed(seed + 1)
             x_a = pgd(model, x, y, generator=g, check=False)
             with torch.no_grad():
-                out["lin_pgd_acc"] = ((model(x_a).argmax(1) == y) & clean).float().mean().item()
+                logits_a = model(x_a)
+                la = torch.nn.functional.cross_entropy(logits_a, y, reduction="none")
+                out["lin_err_pgd"] = float(reduce_residual(linear_residual(la, lc, x_a - x, gc), "mean"))
+                out["lin_pgd_acc"] = ((logits_a.argmax(1) == y) & clean).float().mean().item()
+            starts.append(x_a)
+        g.manual_seed(seed + 2)
+        gam, _ = max_linearity_error(model, x, y, probe.threat.eps, steps=max_steps, restarts=max_restarts,
+                                     starts=starts, generator=g, clean=(lc, gc))
+        out["lin_err_max"] = float(gam.mean())
     return out
 
 
@@ -59,17 +79,22 @@ def _threat_of(trainer: Any) -> Any:
 
 
 class LinearityMonitor(Callback):
-    """Logs SEAT's central diagnostic: the local-linearity error ``g`` of the FGSM perturbation
-    on a fixed held batch, beside PGD accuracy on the same batch (registered callback
-    ``"linearity-monitor"``).
+    """Logs SEAT's central diagnostic: the local-linearity error ``g`` on a fixed held batch,
+    beside PGD accuracy on the same batch (registered callback ``"linearity-monitor"``).
 
-    Catastrophic overfitting of FGSM training shows as ``g`` jumping by orders of magnitude while
-    PGD accuracy collapses; SEAT keeps ``g`` small.  At fit start the monitor draws ``n`` examples
+    Two forms of ``g`` are logged: ``lin_err``, g of the FGSM perturbation (Eq. 4's single-step
+    δ), and ``lin_err_max``, its maximum over the ε-ball per example (γ: the FGSM point, the PGD
+    point and a short ascent on g; :func:`~toolbox_seat.max_linearity_error`).  Catastrophic
+    overfitting of FGSM training shows as ``g`` jumping by orders of magnitude while PGD accuracy
+    collapses; SEAT keeps ``g`` small.  A collapse can leave the loss nearly linear along the FGSM
+    direction while the model is broken in others (it happened on MNIST: a 2.5x gap in
+    ``lin_err``), so ``lin_err_max`` is the one to compare across methods.  At fit start the monitor draws ``n`` examples
     (with ``seed``) from the validation data (else the training data) and measures at fit start
     and at the end of every epoch, and with ``every=k`` also after every ``k``-th optimizer step
     (global step a multiple of ``k``), in eval mode with fixed
     seeds: see :func:`measure_linearity`.  The epoch's history row gets the last measurement's
-    ``lin_err``, ``lin_err_batch``, ``lin_clean_acc``, ``lin_probe_acc`` and ``lin_pgd_acc``;
+    ``lin_err``, ``lin_err_batch``, ``lin_err_pgd``, ``lin_err_max``, ``lin_clean_acc``,
+    ``lin_probe_acc`` and ``lin_pgd_acc``;
     :attr:`records` holds every measurement with its ``step`` and ``epoch`` (fractional).
 
     Args:
@@ -81,13 +106,16 @@ class LinearityMonitor(Callback):
         every: ``"epoch"`` or a positive number of optimizer steps.
         split: ``"val"`` (validation data when given, else training data) or ``"train"``.
         seed: for drawing the batch and the attacks' random starts.
+        max_steps, max_restarts: the ascent on g for ``lin_err_max`` (default 10 steps of ε/4
+            from one random vertex; ``max_restarts=0``: the maximum over the FGSM and PGD
+            points only).
     """
 
     order = 5
 
     def __init__(self, n: int = 200, *, threat: Any = None, probe: tb.Attack | None = None,
                  pgd: tb.Attack | bool | None = None, every: str | int = "epoch", split: str = "val",
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_steps: int = 10, max_restarts: int = 1) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         if every != "epoch" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
@@ -100,7 +128,11 @@ class LinearityMonitor(Callback):
         if probe is False:
             raise ValueError("probe must be an Attack or None")
         self.n, self.threat, self.probe, self.pgd = n, threat, probe, pgd
+        for name, v in (("max_steps", max_steps), ("max_restarts", max_restarts)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
         self.every, self.split, self.seed = every, split, int(seed)
+        self.max_steps, self.max_restarts = max_steps, max_restarts
         self.records: list[dict[str, float]] = []
         self._last: dict[str, float] = {}
         self._last_step = 0
@@ -129,7 +161,8 @@ class LinearityMonitor(Callback):
     def measure(self, trainer) -> dict[str, float]:
         """Measure now; appends to :attr:`records` and returns the measurement."""
         model = getattr(trainer.model, "module", trainer.model)
-        m = measure_linearity(model, self._x, self._y, self._probe, self._pgd, seed=self.seed)
+        m = measure_linearity(model, self._x, self._y, self._probe, self._pgd, seed=self.seed,
+                              max_steps=self.max_steps, max_restarts=self.max_restarts)
         step = int(getattr(trainer, "step", 0))
         spe = max(int(getattr(trainer, "steps_per_epoch", 1) or 1), 1)
         rec = {"step": step, "epoch": step / spe, **m}
@@ -145,7 +178,8 @@ class LinearityMonitor(Callback):
     def on_epoch_end(self, trainer, epoch, logs):
         if self.every == "epoch" or int(trainer.step) != self._last_step:
             self.measure(trainer)
-        for k in ("lin_err", "lin_err_batch", "lin_clean_acc", "lin_probe_acc", "lin_pgd_acc"):
+        for k in ("lin_err", "lin_err_batch", "lin_err_pgd", "lin_err_max", "lin_clean_acc", "lin_probe_acc",
+                  "lin_pgd_acc"):
             logs[k] = self._last.get(k, math.nan)
 
     def dataframe(self):

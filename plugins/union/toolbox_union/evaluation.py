@@ -14,6 +14,7 @@ import toolbox as tb
 
 from .attack import as_union
 from .defenses import norm_attacks
+from .foolbox_adapter import FOOLBOX_SUITE, foolbox_attacks
 
 __all__ = ["norm_suite", "union_report", "ALL"]
 
@@ -22,14 +23,20 @@ ALL = "all attacks"
 
 
 def norm_suite(threat: Any, *, steps: int | Sequence[int] = (100, 200, 100), step_size: Any = None,
-               restarts: int = 10, extra: bool = False, seed: int | None = None) -> dict[str, dict[str, tb.Attack]]:
+               restarts: int = 10, extra: bool = False, foolbox: bool = False,
+               foolbox_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+               seed: int | None = None) -> dict[str, dict[str, tb.Attack]]:
     """The evaluation attacks per norm: ``{norm: {attack name: Attack}}``.
 
     Per component of ``threat`` (a Union or a list of threat models, e.g. the thesis MNIST
     radii ``[tb.Linf(0.3), tb.L2(1.5), tb.L1(12)]``) one kernel PGD (``steps`` and ``step_size``
     one for all norms or one per norm; defaults: the thesis test iterations 100/200/100 and
     ``2.5 eps/steps``) with ``restarts`` random restarts (thesis: 10).  ``extra`` adds FGSM
-    (ℓ∞) and APGD-CE (ℓ∞ and ℓ2).  The foolbox attacks of the thesis suite are not included.
+    (ℓ∞) and APGD-CE (ℓ∞ and ℓ2).  ``foolbox=True`` adds the thesis's foolbox attacks of each
+    norm (:data:`~toolbox_union.FOOLBOX_SUITE`, named ``"fb-<method>"``, each with
+    ``restarts`` except Boundary; needs the optional ``foolbox==3.3.4`` when run);
+    ``foolbox_kwargs``: per foolbox method, constructor arguments (e.g. ``{"boundary":
+    {"steps": 1000}}``).
     """
     u = as_union(threat)
     pgds = norm_attacks(u, steps=steps, step_size=step_size, restarts=restarts, seed=seed)
@@ -40,6 +47,8 @@ def norm_suite(threat: Any, *, steps: int | Sequence[int] = (100, 200, 100), ste
             g["fgsm"] = tb.attack("fgsm", threat=t, seed=seed)
         if extra and t.name in ("linf", "l2"):
             g["apgd-ce"] = tb.attack("apgd-ce", threat=t, seed=seed)
+        if foolbox and t.name in FOOLBOX_SUITE:
+            g.update(foolbox_attacks(t, restarts=restarts, attack_kwargs=foolbox_kwargs, seed=seed))
         out[group] = g
     return out
 

@@ -9,6 +9,7 @@ from toolbox.plugins import repro_dir as plugin_repro_dir
 
 from .attack import MSD
 from .defenses import MSDDefense, PGDAug, WorstPGD
+from .foolbox_adapter import FoolboxAttack
 from .threat import union
 
 
@@ -21,6 +22,7 @@ def repro_dir() -> Path:
 def toolbox_register(registry) -> None:
     registry.add_threat("union", union)
     registry.add_attack("msd", MSD)
+    registry.add_attack("foolbox", FoolboxAttack)
     registry.add_defense("worst-pgd", WorstPGD)
     registry.add_defense("pgd-aug", PGDAug)
     registry.add_defense("msd", MSDDefense)

@@ -60,14 +60,84 @@ def _plan_sums(a: torch.Tensor, b: torch.Tensor, logk: torch.Tensor, cost: torch
     return [(pi * cost.view(1, 1, -1, 1) ** q).reshape(bsz, -1).sum(1) for q in powers]
 
 
-def lambertw_exp(s: torch.Tensor, iters: int = 40) -> torch.Tensor:
+def _conv_local(e: torch.Tensor, filt: torch.Tensor, k: int) -> torch.Tensor:
+    """Exp-domain local "kernel × vector": ``e`` ``(B, C, H, W)``, ``filt`` ``(B, F, k*k)``
+    per-example filters -> ``(B, F, C, H, W)`` with ``out[b, f, c, i] = Σ_o filt[b, f, o] *
+    e[b, c, i + o]`` (zero outside the image).  One grouped ``conv2d`` call (a correlation,
+    so offset ``o = (a - k//2, b - k//2)`` of :func:`local_cost`'s order)."""
+    b, c, h, w = e.shape
+    f = filt.shape[1]
+    weight = filt.reshape(b, 1, f, k, k).expand(b, c, f, k, k).reshape(b * c * f, 1, k, k)
+    out = F.conv2d(e.reshape(1, b * c, h, w), weight, padding=k // 2, groups=b * c)
+    return out.view(b, c, f, h, w).transpose(1, 2)
+
+
+def _shift(t: torch.Tensor) -> torch.Tensor:
+    """Per-example maximum of ``t`` ``(B, ...)`` (0 for rows without a finite entry)."""
+    m = t.flatten(1).amax(1)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+_SMALL = 1e-250  # an exp-domain sum below this may have lost precision: redo it in log space
+
+
+def _lse_fast(t: torch.Tensor, logk: torch.Tensor, k: int,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_local_lse` by one grouped convolution in the exp domain (about 10-20x faster
+    on CPU), with a per-example shift.  A window whose sum is tiny after the shift (so the
+    exp domain may have lost its terms) is recomputed in log space, row by row; ``mask``
+    ``(B, C, H, W)`` bool marks the windows that hold a finite entry of ``t`` (the others
+    are ``-inf`` exactly and need no check; ``None``: all of them)."""
+    sh, ksh = _shift(t), logk.amax(1)
+    e = (t - sh.view(-1, 1, 1, 1)).exp()
+    s = _conv_local(e, (logk - ksh[:, None]).exp()[:, None], k)[:, 0]
+    small = s < _SMALL
+    if mask is not None:
+        small &= mask
+    out = s.log() + (sh + ksh).view(-1, 1, 1, 1)
+    bad = small.flatten(1).any(1)
+    if bool(bad.any()):
+        out[bad] = _local_lse(t[bad], logk[bad], k)
+    return out
+
+
+def _plan_sums_fast(a: torch.Tensor, b: torch.Tensor, logk: torch.Tensor, cost: torch.Tensor,
+                    k: int, powers: tuple[int, ...] = (1,)) -> list[torch.Tensor]:
+    """:func:`_plan_sums` by one grouped convolution in the exp domain; rows whose total plan
+    mass underflows after the shifts are recomputed in log space."""
+    ash, bsh, ksh = _shift(a), _shift(b), logk.amax(1)
+    u = (a - ash.view(-1, 1, 1, 1)).exp()
+    v = (b - bsh.view(-1, 1, 1, 1)).exp()
+    kf = (logk - ksh[:, None]).exp()
+    qs = (0,) + tuple(powers)
+    filt = torch.stack([kf * cost.view(1, -1) ** q for q in qs], 1)
+    tot = (u[:, None] * _conv_local(v, filt, k)).flatten(2).sum(2)  # (B, 1 + len(powers))
+    scale = (ash + bsh + ksh).exp()
+    out = [tot[:, j + 1] * scale for j in range(len(powers))]
+    bad = (tot[:, 0] < _SMALL) | ~torch.isfinite(scale)
+    if bool(bad.any()):
+        slow = _plan_sums(a[bad], b[bad], logk[bad], cost, k, powers)
+        for o, sl in zip(out, slow, strict=True):
+            o[bad] = sl
+    return out
+
+
+def lambertw_exp(s: torch.Tensor, iters: int = 40, *, init: torch.Tensor | None = None,
+                 rtol: float = 1e-14) -> torch.Tensor:
     """``W(exp(s))`` (principal branch of Lambert W), computed in log space so that large ``s``
-    does not overflow: Newton on ``w + log w = s`` from ``s - log s`` (``s > 1``) or ``exp(s)``.
-    Shape-preserving; float64 recommended."""
-    w = torch.where(s > 1, s - torch.log(s.clamp_min(1.0)), torch.exp(s.clamp_max(1.0)))
+    does not overflow: Newton on ``w + log w = s`` from ``init`` (a nearby solution, e.g. the
+    previous Sinkhorn sweep's; must be positive) or from ``s - log s`` (``s > 1``) /
+    ``exp(s)``, until no entry changes by more than ``rtol`` relatively (at most ``iters``
+    steps).  ``s`` may be ``-inf`` (result: ~0).  Shape-preserving; float64 recommended."""
+    s = s.clamp_min(-1e4)
+    if init is None:
+        w = torch.where(s > 1, s - torch.log(s.clamp_min(1.0)), torch.exp(s.clamp_max(1.0)))
+    else:
+        w = init.clamp_min(_TINY)
     for _ in range(iters):
         w_new = (w * (1 + s - torch.log(w.clamp_min(_TINY))) / (1 + w)).clamp_min(_TINY)
-        if torch.equal(w_new, w):
+        if bool(((w_new - w).abs() <= rtol * w_new).all()):
+            w = w_new
             break
         w = w_new
     return w
@@ -112,25 +182,33 @@ def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, *, p: float = 2, kernel_
         raise ValueError(f"reg must be > 0, got {reg!r}")
     a, _ = _normalise(x.double().clamp_min(0))
     b, _ = _normalise(y.double().clamp_min(0))
-    la, lb = a.clamp_min(_TINY).log(), b.clamp_min(_TINY).log()
-    cost = local_cost(kernel_size, p, device=x.device)
+    k = kernel_size
+    la, lb = a.log(), b.log()  # -inf where there is no mass
+    reach_a = F.max_pool2d((a > 0).to(a.dtype), k, stride=1, padding=k // 2) > 0
+    reach_b = F.max_pool2d((b > 0).to(b.dtype), k, stride=1, padding=k // 2) > 0
+    cost = local_cost(k, p, device=x.device)
     logk = (-cost / reg).expand(x.shape[0], -1)
+
+    def lse(t, mask):  # never -inf: a target pixel that no source reaches gets a huge, finite g
+        return _lse_fast(t, logk, k, mask=mask).clamp_min(-1e4)
+
     f = torch.zeros_like(la)
-    g = torch.zeros_like(lb)
+    g = torch.where(b > 0, torch.zeros_like(lb), lb)
     for it in range(iters):
-        f = la - _local_lse(g, logk, kernel_size)
+        f = la - lse(g, reach_b)
         if it % 10 == 9:  # column-marginal error of the row-exact plan (L1, per example)
-            col = (g + _local_lse(f, logk, kernel_size)).exp()
+            col = (g + lse(f, reach_a)).exp()
             if float((col - b).abs().flatten(1).sum(1).max()) <= tol:
                 break
-        g = lb - _local_lse(f, logk, kernel_size)
-    f = la - _local_lse(g, logk, kernel_size)
-    return _plan_sums(f, g, logk, cost, kernel_size)[0]
+        g = lb - lse(f, reach_a)
+    f = la - lse(g, reach_b)
+    return _plan_sums_fast(f, g, logk, cost, k)[0]
 
 
 def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tensor, *,
                        p: float = 2, kernel_size: int = 5, reg: float = 1e-3, iters: int = 400,
-                       tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                       tol: float = 1e-6, state: dict | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Approximate Euclidean projection of ``w`` onto the Wasserstein ball ``B_W(x, eps)``.
 
     ``x`` ``(N, C, H, W)``: the centre, non-negative with total mass 1 per example; ``w``: the
@@ -139,7 +217,8 @@ def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tens
     ascent on the dual of ``min ½||w - z||² + reg Σ Π log Π`` s.t. ``Π1 = x, Πᵀ1 = z,
     <Π, C> <= eps``, with Lambert-W β-steps and a Newton step on the cost multiplier ψ) for at
     most ``iters`` sweeps, stopping when no entry of ``z`` moves by more than ``tol`` times
-    the largest entry.
+    the largest entry.  Each local "kernel × vector" is one grouped convolution in the exp
+    domain (per-example shifts; windows that would lose precision are redone in log space).
 
     It then finishes with a step that makes the answer feasible whatever the convergence: a
     final α-step makes the plan's row sums exactly ``x``, ``z`` is set to its column sums,
@@ -148,6 +227,11 @@ def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tens
     returned ``z`` ``(N, C, H, W)`` float64 is ``>= 0``, has the mass of ``x`` and has
     Wasserstein distance ``<= eps`` from ``x`` up to float rounding.  Also returns the cost
     ``(N,)`` of that certifying plan.
+
+    ``state``: an optional dict for warm starts across calls on nearby ``w`` (an attack's
+    successive iterates): when it holds ``"beta"`` ``(N, C, H, W)`` and ``"psi"`` ``(N,)``
+    from a previous call on the same ``x``, the iteration starts there; on return it holds
+    this call's final dual variables and ``"sweeps"`` (the number of sweeps run).
     """
     _check_images(x, "x")
     _check_images(w, "w")
@@ -156,26 +240,37 @@ def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tens
         raise ValueError(f"w must have the shape of x {tuple(x.shape)}, got {tuple(w.shape)}")
     if not reg > 0:
         raise ValueError(f"reg must be > 0, got {reg!r}")
+    if state is not None and not isinstance(state, dict):
+        raise ValueError(f"state must be a dict or None, got {type(state).__name__}")
     n, k = x.shape[0], kernel_size
     x, w = x.double(), w.double()
     lam = 1.0 / reg
     eps_t = (eps.to(x).view(-1) if isinstance(eps, torch.Tensor)
              else torch.full((n,), float(eps), dtype=x.dtype, device=x.device))
     cost = local_cost(k, p, device=x.device)
-    lx = x.clamp_min(_TINY).log()
+    lx = x.log()  # -inf where x has no mass: those rows of the plan are exactly empty
+    reach = F.max_pool2d((x > 0).to(x.dtype), k, stride=1, padding=k // 2) > 0
     npix = x[0].numel()
-    alpha = torch.full_like(x, -math.log(npix))
-    beta = torch.full_like(x, -math.log(npix))
-    psi = torch.ones(n, dtype=x.dtype, device=x.device)
-    z_prev = None
+    warm = (state is not None and isinstance(state.get("beta"), torch.Tensor)
+            and state["beta"].shape == x.shape and isinstance(state.get("psi"), torch.Tensor)
+            and state["psi"].shape == (n,))
+    if warm:
+        beta, psi = state["beta"].to(x), state["psi"].to(x)
+    else:
+        beta = torch.full_like(x, -math.log(npix))
+        psi = torch.ones(n, dtype=x.dtype, device=x.device)
+    log_lam = math.log(lam)
+    z_prev = wz = None
+    sweeps = 0
     for _ in range(iters):
+        sweeps += 1
         logk = -psi.view(-1, 1) * cost.view(1, -1) - 1
-        alpha = lx - _local_lse(beta, logk, k)
-        s = _local_lse(alpha, logk, k)
-        wz = lambertw_exp(math.log(lam) + lam * w + s)
+        alpha = lx - _lse_fast(beta, logk, k)
+        s = _lse_fast(alpha, logk, k, mask=reach)
+        wz = lambertw_exp(log_lam + lam * w + s, init=wz)
         beta = lam * w - wz
         z = wz / lam
-        c1, c2 = _plan_sums(alpha, beta, logk, cost, k, (1, 2))
+        c1, c2 = _plan_sums_fast(alpha, beta, logk, cost, k, (1, 2))
         g1, g2 = c1 - eps_t, -c2.clamp_min(_TINY)
         delta = g1 / g2
         t = torch.ones_like(psi)
@@ -189,13 +284,14 @@ def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tens
             break
         z_prev = z
     logk = -psi.view(-1, 1) * cost.view(1, -1) - 1
-    alpha = lx - _local_lse(beta, logk, k)
-    z = (beta + _local_lse(alpha, logk, k)).exp()
-    # pixels with no mass of x in their window receive none (the log floor leaks ~1e-300)
-    reach = F.max_pool2d((x > 0).to(x.dtype), k, stride=1, padding=k // 2) > 0
+    alpha = lx - _lse_fast(beta, logk, k)
+    z = (beta + _lse_fast(alpha, logk, k, mask=reach)).exp()
+    if state is not None:
+        state.update(beta=beta, psi=psi, sweeps=sweeps)
+    # pixels with no mass of x in their window receive none
     z = torch.where(reach, z, torch.zeros_like(z))
     z = torch.where(x.flatten(1).sum(1).view(-1, 1, 1, 1) > 0, z, x)
-    plan_cost = _plan_sums(alpha, beta, logk, cost, k)[0]
+    plan_cost = _plan_sums_fast(alpha, beta, logk, cost, k)[0]
     theta = torch.where(plan_cost > eps_t, eps_t / plan_cost.clamp_min(_TINY), torch.ones_like(plan_cost))
     z = x + theta.view(-1, 1, 1, 1) * (z - x)
     return z.clamp_min(0), plan_cost * theta
