@@ -258,6 +258,26 @@ def test_iterate_keeps_the_first_success_or_the_highest_loss(rule_name, digits_m
     assert len(picks) > 2  # not just "the last one" or "the first one"
 
 
+def test_iterate_without_stats_is_the_same_last_iterate(digits_model, xy):
+    """``stats=False`` (the one-step training hot path) only drops the bookkeeping: the same
+    points as ``keep_best=False`` with it, float for float."""
+    from toolbox.attacks import Signed, iterate
+
+    x, y = xy[0][:64], xy[1][:64]
+    tm = tb.Linf(0.05)
+    x0 = tm.random_init(x, torch.Generator().manual_seed(0))
+    kw = dict(steps=5, rule=Signed(tm, 0.02), loss=losses.ce, success=lambda z, yy: z.argmax(1) != yy,
+              keep_best=False)
+    with attack_mode(digits_model):
+        full, lb, ok = iterate(digits_model, x, y, x0, **kw)
+        fast, lf, okf = iterate(digits_model, x, y, x0, stats=False, **kw)
+    assert torch.equal(full, fast) and lb is not None and lf is None and okf is None
+    assert not torch.equal(fast, x0) and fast.data_ptr() != x0.data_ptr()
+    for bad in (dict(keep_best=True), dict(early_stop=True)):
+        with pytest.raises(ValueError, match="stats=False"):
+            iterate(digits_model, x, y, x0, **{**kw, **bad, "stats": False})
+
+
 def test_the_result_never_aliases_the_input(digits_model, xy):
     x, y = xy[0][:16], xy[1][:16]
     tm = tb.Linf(0.05)

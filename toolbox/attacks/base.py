@@ -195,9 +195,9 @@ class Signed:
 
 def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Tensor, *,
             steps: int, rule: StepRule, loss: LossFn, success: Callable[[torch.Tensor], torch.Tensor],
-            early_stop: bool = False, keep_best: bool = True,
+            early_stop: bool = False, keep_best: bool = True, stats: bool = True,
             generator: torch.Generator | None = None,
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run ``steps`` gradient-ascent steps of ``rule`` on ``loss(model(x_adv), y)`` from
     ``x_init`` and return ``(x_best, loss_best, succeeded)``, each per example.
 
@@ -213,7 +213,29 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
     ``early_stop``) and skips the final forward pass: Madry-style training adversaries.
     ``y`` may carry extra columns (``(N, k)``, e.g. true and target label): rows follow the
     examples and ``loss``/``success`` receive them as they are.
+
+    ``stats=False`` (only with ``keep_best=False`` and no ``early_stop``) skips the per-step
+    success and loss bookkeeping and returns ``(x_last, None, None)``: the hot path of
+    one-step training adversaries, whose callers read only the point.
     """
+    def loss_fn(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return loss(model(z), ys)
+
+    if not stats:
+        if keep_best or early_stop:
+            raise ValueError("iterate: stats=False needs keep_best=False and early_stop=False")
+        ys = y
+        x_adv = x_init.detach()
+        for t in range(steps):
+            with torch.enable_grad():
+                x_adv.requires_grad_(True)
+                lval = loss(model(x_adv), y)
+                grad = torch.autograd.grad(lval.sum(), x_adv)[0]
+            with torch.no_grad():
+                x_adv = rule(t, x_adv.detach(), x, grad, lval.detach().float(), loss_fn, generator)
+        return _own(x_adv, False, x_init), None, None
+
     n = x.shape[0]
     # without keep_best or early_stop the per-step x_best is overwritten at the end: skip it
     track_x = keep_best or early_stop
@@ -231,10 +253,6 @@ def iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_init: torch.Te
     # place once before any in-place update (it may alias x_init, the caller's tensor).
     host = x.device.type == "cpu"
     owned = track_x  # x_best is a private copy (else it may alias the caller's x_init)
-
-    def loss_fn(z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return loss(model(z), ys)
 
     for t in range(steps + 1 if keep_best else steps):
         last = t == steps

@@ -36,5 +36,5 @@ class FGSM(Attack):
                            target_rule=self.target_rule, generator=generator)
         loss, success = objective(self.loss, self.targeted)
         x_adv, _, _ = iterate(model, x, yy, x0, steps=1, rule=Signed(self.threat, size),
-                              loss=loss, success=success, keep_best=False, generator=generator)
+                              loss=loss, success=success, keep_best=False, stats=False, generator=generator)
         return x_adv

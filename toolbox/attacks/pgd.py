@@ -54,6 +54,8 @@ class PGD(Attack):
                     rl = Signed(tm, size[rows] if isinstance(size, torch.Tensor) else size)
             x0 = tm.random_init(xs, generator) if (self.random_start or r > 0) else xs
             return iterate(model, xs, ys, x0, steps=self.steps, rule=rl, loss=loss, success=success,
-                           early_stop=self.early_stop, keep_best=self.keep_best, generator=generator)
+                           early_stop=self.early_stop, keep_best=self.keep_best, generator=generator,
+                           # one run of a last-iterate PGD returns only the point: skip the bookkeeping
+                           stats=self.keep_best or self.early_stop or self.restarts > 1)
 
         return best_over_restarts(x, self.restarts, run)
