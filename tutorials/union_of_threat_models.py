@@ -23,6 +23,11 @@ thesis radii (ℓ∞ 0.15, ℓ2 0.75, ℓ1 6), 6,000 MNIST images, 3 epochs, 5-s
 The pattern to look for (thesis Table 5.2): P∞ is weak against ℓ1, P1 is near zero against
 ℓ∞, and only MSD keeps non-trivial accuracy against all three.  ``--quick`` uses the 8x8
 digits with radii (0.1, 0.6, 2.0) and tiny budgets: it runs every step but proves nothing.
+
+The evaluation here is the kernel's PGD per norm.  The thesis adds foolbox attacks (DeepFool,
+DDN, C&W, Boundary, Pointwise, Salt&Pepper, ...): with the optional extra
+``pip install toolbox-union[foolbox]``, ``norm_suite(threats, foolbox=True)`` adds them to the
+same per-norm report (``union_report``).
 """
 
 from __future__ import annotations

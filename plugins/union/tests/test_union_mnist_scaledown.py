@@ -28,4 +28,4 @@ def test_table52_pattern_on_mnist():
     assert min(r["msd"]["linf"], r["msd"]["l2"], r["msd"]["l1"]) > 40 and r["msd"]["all"] > 40
     # ... and beats both single-norm models over all attacks and P∞ against ℓ1
     assert r["msd"]["all"] > max(r["p-inf"]["all"], r["p-1"]["all"]) + 10
-    assert r["msd"]["l1"] > r["p-inf"]["l1"]
+    assert r["msd"]["l1"] > r["p-inf"]["l1"] + 10   # measured 80.7 vs 61.0 (seed 1: 80.0 vs 63.0)
