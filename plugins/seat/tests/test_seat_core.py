@@ -100,7 +100,7 @@ def test_flooding_algebra_and_gradient_sign():
     for value, expect, dsign in ((1.5, 1.5, 1.0), (0.7, 0.7, None), (0.2, 2 * b - 0.2, -1.0)):
         L = torch.tensor(value, requires_grad=True)
         out = flood(L, b)
-        assert float(out) == pytest.approx(expect)
+        assert float(out.detach()) == pytest.approx(expect)
         if dsign is not None:
             out.backward()
             assert float(L.grad) == dsign   # descent above b, ascent below
@@ -115,14 +115,14 @@ def test_seat_loss_with_b0_is_ce_plus_lambda_g_and_flooding_adds_up(digits_model
     loss0, logs0 = d0.loss(digits_model, tb.Batch(x, y))
     # by hand, with the same adversarial examples (same seed)
     x_adv = SEATAttack(tb.Linf(0.1), lam, seed=3).step(digits_model, x, y, generator=_gen(3)).x_adv
-    la = F.cross_entropy(digits_model(x_adv), y, reduction="none")
-    g = linearity_error(digits_model, x, y, x_adv - x, reduction="mean")
-    assert float(loss0) == pytest.approx(float(la.mean() + lam * g), rel=1e-5)
+    la = F.cross_entropy(digits_model(x_adv), y, reduction="none").detach()
+    g = linearity_error(digits_model, x, y, x_adv - x, reduction="mean").detach()
+    assert float(loss0.detach()) == pytest.approx(float(la.mean() + lam * g), rel=1e-5)
     assert float(logs0["lin_err"]) == pytest.approx(float(g), rel=1e-5)
     # SEAT-FL: a flood level above the adversarial loss mirrors it: 2b - CE + lam g
     b = float(la.mean()) + 1.0
     loss_b, _ = SEAT(tb.Linf(0.1), lam=lam, flood=b, seed=3).loss(digits_model, tb.Batch(x, y))
-    assert float(loss_b) == pytest.approx(float(2 * b - la.mean() + lam * g), rel=1e-5)
+    assert float(loss_b.detach()) == pytest.approx(float(2 * b - la.mean() + lam * g), rel=1e-5)
 
 
 # -- check 4: attack invariants -----------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_reduces_to_fgsm_at_with_random_vertex_start(digits_data):
     m2.train()
     loss2 = F.cross_entropy(m2(x_adv), y)
     loss2.backward()
-    assert float(loss1) == pytest.approx(float(loss2), rel=1e-6)
+    assert float(loss1.detach()) == pytest.approx(float(loss2.detach()), rel=1e-6)
     for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
         assert torch.allclose(p1.grad, p2.grad, rtol=1e-5, atol=1e-7)
 
@@ -280,7 +280,7 @@ def test_shared_clean_pass_matches_the_separate_one(digits_data):
         loss, logs = d.loss(m, tb.Batch(x, y, extra={"generator": _gen(1)}))
         h.remove()
         loss.backward()
-        out.append((float(loss), float(logs["lin_err"]), [p.grad.clone() for p in m.parameters()], len(calls)))
+        out.append((float(loss.detach()), float(logs["lin_err"]), [p.grad.clone() for p in m.parameters()], len(calls)))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
     assert out[0][1] == pytest.approx(out[1][1], rel=1e-5)
     for a, b in zip(out[0][2], out[1][2], strict=True):
@@ -297,7 +297,7 @@ def test_double_backprop_changes_gradients_not_the_loss(digits_data):
         m = tb.models.create("digits-cnn", seed=3)
         loss, _ = SEAT(tb.Linf(0.2), lam=0.5, double_backprop=db).loss(m, tb.Batch(x, y, extra={"generator": _gen(2)}))
         loss.backward()
-        res.append((float(loss), torch.cat([p.grad.flatten() for p in m.parameters()])))
+        res.append((float(loss.detach()), torch.cat([p.grad.flatten() for p in m.parameters()])))
     assert res[0][0] == pytest.approx(res[1][0], rel=1e-6)
     assert not torch.allclose(res[0][1], res[1][1])
 

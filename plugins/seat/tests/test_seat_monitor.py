@@ -18,6 +18,7 @@ def test_registered_through_the_entry_point():
     assert df.loc["seat", "distribution"] == "toolbox-seat"
 
 
+@pytest.mark.slow  # ~8-13 s on a loaded machine
 def test_monitor_logs_g_beside_pgd_accuracy_and_plots(tmp_path, toolbox_seed):
     train = tb.data.load("digits", split="train")
     test = tb.data.load("digits", split="test")
@@ -63,7 +64,11 @@ def test_measure_linearity_matches_the_function(digits_model, digits_data):
         g = linearity_error(digits_model, x, y, delta, reduction="mean").detach()
     assert m["lin_err"] == pytest.approx(float(g), rel=1e-5)
     assert 0 < m["lin_probe_acc"] <= m["lin_clean_acc"]
+    assert m["lin_err_max"] > m["lin_err"]          # the ascent finds more than the FGSM point
     assert all(p.grad is None for p in digits_model.parameters())
+    # an l2 probe: g of its delta, but no l-inf maximisation
+    m2 = measure_linearity(digits_model, x, y, tb.attack("fgsm", threat=tb.L2(1.0)), None)
+    assert "lin_err_max" not in m2 and m2["lin_err"] > 0
 
 
 def test_monitor_and_plot_bad_arguments():

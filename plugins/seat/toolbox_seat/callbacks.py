@@ -33,7 +33,8 @@ def measure_linearity(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     - ``lin_err_batch``: |batch mean of r| for the probe's δ (the official code's form);
     - ``lin_err_pgd``: g at the PGD point (only with ``pgd``);
     - ``lin_err_max``: γ, the per-example maximum of g over the ball (probe point, PGD point and
-      the ascent), the measure that sees catastrophic overfitting in every direction;
+      the ascent), the measure that sees catastrophic overfitting in any direction (only for an
+      ℓ∞ probe);
     - ``lin_clean_acc``, ``lin_probe_acc``, ``lin_pgd_acc``: fractions (adversarial ones count
       an example only if it is also classified correctly when clean).
     """
@@ -63,10 +64,11 @@ def measure_linearity(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
                 out["lin_err_pgd"] = float(reduce_residual(linear_residual(la, lc, x_a - x, gc), "mean"))
                 out["lin_pgd_acc"] = ((logits_a.argmax(1) == y) & clean).float().mean().item()
             starts.append(x_a)
-        g.manual_seed(seed + 2)
-        gam, _ = max_linearity_error(model, x, y, probe.threat.eps, steps=max_steps, restarts=max_restarts,
-                                     starts=starts, generator=g, clean=(lc, gc))
-        out["lin_err_max"] = float(gam.mean())
+        if isinstance(probe.threat, tb.Linf):   # the ascent is an ℓ∞ one (vertices, sign steps)
+            g.manual_seed(seed + 2)
+            gam, _ = max_linearity_error(model, x, y, probe.threat.eps, steps=max_steps, restarts=max_restarts,
+                                         starts=starts, generator=g, clean=(lc, gc))
+            out["lin_err_max"] = float(gam.mean())
     return out
 
 

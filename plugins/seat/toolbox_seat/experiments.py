@@ -160,7 +160,8 @@ def check(results: list[dict[str, Any]], *, clean_min: float = 95.0, pgd20_min: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI of the opt-in repro: ``python -m toolbox_seat.experiments --seeds 0 1 2 --epochs 2``."""
+    """CLI of the opt-in repro: ``python -m toolbox_seat.experiments --seeds 0 1 2 --epochs 3`` (exit 1 if
+    :func:`check` fails)."""
     p = argparse.ArgumentParser(description="SEAT vs FGSM-AT on MNIST (eps 0.3): clean, PGD-20, PGD-50x5, "
                                 "APGD-CE and the linearity-error curve")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
