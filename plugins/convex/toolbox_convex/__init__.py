@@ -16,7 +16,7 @@ The bound itself is :func:`dual_bounds` / :func:`margin_lower_bounds` in
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .cascade import Cascade, self_certified, train_cascade  # noqa: E402
 from .certifier import DualNetworkCertifier  # noqa: E402

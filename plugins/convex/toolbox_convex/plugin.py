@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import toolbox as tb
 
 from .certifier import DualNetworkCertifier
 from .defense import ConvexDefense
-from .models import wide
+from .models import small, wide
 
 
 @tb.hookimpl
 def toolbox_register(registry) -> None:
     registry.add_certifier("dual-network", DualNetworkCertifier)
     registry.add_defense("convex", ConvexDefense)
+    registry.add_model("convex-small", small,
+                       doc="Small of Wong et al. 2018: conv16-4x4-s2, conv32-4x4-s2, fc100, fc10 (image_size)")
     registry.add_model("convex-wide", wide,
                        doc="Wide(k) of Wong et al. 2018: conv4k-4x4-s2, conv8k-4x4-s2, fc128k, fc10")
+
+
+@tb.hookimpl
+def toolbox_repro_configs() -> list[Path]:
+    """``plugins/convex/repro/*.toml``: the MNIST CPU scale-down (``paper.quick``) and the
+    paper's MNIST / CIFAR-10 settings (GPU).  ``python -m toolbox_convex.repro`` runs them with
+    the certified row, which the kernel's config format cannot express yet."""
+    from .repro import repro_dir
+
+    return sorted(repro_dir().glob("*.toml"))
