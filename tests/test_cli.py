@@ -584,3 +584,50 @@ def test_plugin_adds_command(fake_plugin, capsys):
     fake_plugin()
     code, out, _ = run(capsys, "fake-hello", "--who", "tests")
     assert code == 0 and out.strip() == "hello tests"
+
+
+class _AllCertifier(tb.Certifier):
+    """Claims every example (test-only wiring check: the row must then equal clean accuracy)."""
+
+    name = "claim-all"
+
+    def __init__(self, threat, *, claim: bool = True):
+        super().__init__(threat)
+        self.claim = claim
+
+    def certify(self, model, x, y):
+        return tb.Certificate(certified=torch.full((x.shape[0],), self.claim))
+
+
+class _CertPlugin:
+    @tb.hookimpl
+    def toolbox_register(self, registry):
+        registry.add_certifier("claim-all", _AllCertifier)
+
+
+def test_eval_certifiers_from_the_config(tiny_config, tmp_path, capsys, toolbox_plugin):
+    """``[eval.certifiers]`` rows reach the report (and so ``[paper.expect]``), beside the attacks."""
+    toolbox_plugin(_CertPlugin())
+    text = tiny_config.read_text() + (
+        '[eval.certifiers.all]\ncertifier = "claim-all"\nthreat = "linf"\neps = 0.05\n'
+        '[eval.certifiers.none]\ncertifier = "claim-all"\nthreat = "linf"\neps = 0.05\nclaim = false\n'
+        '[paper.expect]\nall = { min = 30.0 }\n')
+    cfg_path = tmp_path / "cert.toml"
+    cfg_path.write_text(text)
+    cfg = C.load(cfg_path)
+    assert list(cfg.eval.certifiers) == ["all", "none"] and cfg.eval.to_dict()["certifiers"]["none"]["claim"] is False
+    assert [e.metric for e in cfg.paper.expect] == ["all"]
+    run_dir = tmp_path / "r"
+    code, _, err = run(capsys, "train", str(cfg_path), "--run-dir", str(run_dir), "--set", "train.epochs=1",
+                       "--set", "data.n_train=200", "--set", "eval.n=40")
+    assert code == 0, err
+    report = pd.read_csv(run_dir / "eval.csv").set_index("attack")
+    assert list(report.index) == ["clean", "pgd5", "worst-case", "pgd@0.05", "all", "none"]
+    assert list(report.loc[["all", "none"], "kind"]) == ["certified", "certified"]
+    assert report.loc["all", "accuracy"] == report.loc["clean", "accuracy"]  # certified only if correct
+    assert report.loc["none", "accuracy"] == 0
+    bad = text.replace('certifier = "claim-all"', 'certifier = "claim-al"', 1)
+    with pytest.raises(KeyError, match="eval.certifiers.all: unknown certifier 'claim-al'. Did you mean 'claim-all'"):
+        C.loads(bad)
+    with pytest.raises(C.ConfigError, match="already a row"):
+        C.loads(text.replace("[eval.certifiers.all]", '[eval.certifiers."pgd5"]').replace("all = { min", "pgd5 = { min"))

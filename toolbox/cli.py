@@ -321,7 +321,8 @@ def _checkpointer(cfg: Any) -> list:
 def evaluate_config(cfg: Any, model: Any, test: Any,
                     attacks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Run the config's ``[eval]`` on ``model`` (``attacks`` default to the config's
-    ``[eval.attacks]``; ``[eval.groups]`` rows are added when their attacks are evaluated):
+    ``[eval.attacks]``; ``[eval.groups]`` rows are added when their attacks are evaluated, and
+    the ``[eval.certifiers]`` rows always):
     ``(report DataFrame, rows)``; accuracies are fractions in [0, 1]."""
     from .eval import evaluate
 
@@ -329,7 +330,8 @@ def evaluate_config(cfg: Any, model: Any, test: Any,
     # the config's [eval.groups] apply when their attacks are among those evaluated
     groups = {g: m for g, m in cfg.eval.groups.items() if all(k in attacks for k in m)}
     report = evaluate(model, test, attacks=attacks, n=cfg.eval.n, batch_size=cfg.eval.batch_size,
-                      device=cfg.device(), seed=cfg.train.seed, groups=groups)
+                      device=cfg.device(), seed=cfg.train.seed, groups=groups,
+                      certifiers=cfg.build_eval_certifiers() or None)
     return report, report_rows(report)
 
 
@@ -491,7 +493,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = args.n if args.n is not None else cfg.eval.n
     bs = args.batch_size or cfg.eval.batch_size
     report = evaluate(model, test, attacks=attacks, n=n, batch_size=bs, device=cfg.device(),
-                      seed=args.seed, groups=None if args.attack else cfg.eval.groups)
+                      seed=args.seed, groups=None if args.attack else cfg.eval.groups,
+                      certifiers=None if args.attack else (cfg.build_eval_certifiers() or None))
     rows = report_rows(report)
     cols = _report_columns(rows)
     if args.json:

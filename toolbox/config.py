@@ -301,6 +301,31 @@ class AttackSpec:
         return _wrap_build(path, lambda: attack(self.name, threat=threat, **self.kwargs))
 
 
+@dataclass
+class CertifierSpec(AttackSpec):
+    """A registered certifier, its threat model and its keyword arguments
+    (``[eval.certifiers.X]``: ``certifier = "dual-network"``, ``threat``, ``eps``, ...)."""
+
+    name_key: str = "certifier"
+
+    def build(self, path: str = "certifier"):
+        from .certify import certifier
+
+        threat = self.threat.build(_join(path, "threat"))
+        return _wrap_build(path, lambda: certifier(self.name, threat=threat, **self.kwargs))
+
+
+def _parse_certifier(section: Mapping[str, Any], path: str) -> CertifierSpec:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path} must be a table, got {section!r}")
+    key = "name" if "name" in section and "certifier" not in section else "certifier"
+    name = _get(section, path, key, str, required=True)
+    threat = _parse_threat(section, path)
+    kwargs = {k: v for k, v in section.items() if k not in (key, "threat", "eps")}
+    _check_kwargs(path, "certifier", name, kwargs, reserved=[key, "threat", "eps"], skip=["threat"])
+    return CertifierSpec(name.lower(), threat, kwargs, key)
+
+
 def _parse_attack(section: Mapping[str, Any], path: str, name_key: str) -> AttackSpec:
     if not isinstance(section, dict):
         raise ConfigError(f"{path} must be a table, got {section!r}")
@@ -411,6 +436,7 @@ class EvalSpec:
     split: str = "test"
     attacks: dict[str, AttackSpec] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)  # row name -> attack names (worst of them)
+    certifiers: dict[str, CertifierSpec] = field(default_factory=dict)  # row name -> certifier
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -420,6 +446,8 @@ class EvalSpec:
         out["attacks"] = {k: a.to_dict() for k, a in self.attacks.items()}
         if self.groups:
             out["groups"] = {k: list(v) for k, v in self.groups.items()}
+        if self.certifiers:
+            out["certifiers"] = {k: c.to_dict() for k, c in self.certifiers.items()}
         return out
 
 
@@ -692,6 +720,10 @@ class ExperimentConfig:
             grad_clip=t.grad_clip, seed=t.seed, run_dir=run_dir,
             transform=self.build_transform(), loader=t.loader))
 
+    def build_eval_certifiers(self) -> dict[str, Any]:
+        """Report name -> Certifier for :func:`toolbox.evaluate` (``[eval.certifiers]``)."""
+        return {k: c.build(f"eval.certifiers.{k}") for k, c in self.eval.certifiers.items()}
+
     def build_eval_attacks(self) -> dict[str, Any]:
         """Report name -> Attack for :func:`toolbox.evaluate`; attacks without a ``seed`` get
         ``train.seed`` so a report is reproducible."""
@@ -888,7 +920,7 @@ def _parse_callbacks(raw: Any) -> list[dict[str, Any]]:
 
 def _parse_eval(raw: Mapping[str, Any]) -> EvalSpec:
     path = "eval"
-    _check_keys(path, raw, ["n", "batch_size", "split", "attacks", "groups"])
+    _check_keys(path, raw, ["n", "batch_size", "split", "attacks", "groups", "certifiers"])
     n = _nonneg_int(raw, path, "n", 1000, positive=True)
     bs = _nonneg_int(raw, path, "batch_size", 500, positive=True)
     split = _get(raw, path, "split", str, "test")
@@ -910,7 +942,13 @@ def _parse_eval(raw: Mapping[str, Any]) -> EvalSpec:
                 raise ConfigError(f"{where}: {m!r} is not under [eval.attacks].{_suggest(m, list(attacks))} "
                                   f"Available: {', '.join(attacks) or 'none'}")
         groups[name] = list(members)
-    return EvalSpec(n, bs, split, attacks, groups)
+    certifiers = {}
+    for name, spec in _table(raw, path, "certifiers").items():
+        if name in ("clean", "worst-case") or name in attacks or name in groups:
+            raise ConfigError(f"eval.certifiers.{name}: {name!r} is already a row of the report (an attack, "
+                              f"a group or a reserved name); pick another name")
+        certifiers[name] = _parse_certifier(spec, f"eval.certifiers.{name}")
+    return EvalSpec(n, bs, split, attacks, groups, certifiers)
 
 
 def _percent(table: Mapping[str, Any], path: str, key: str, *, required: bool = False) -> float | None:
@@ -931,7 +969,7 @@ def _parse_paper(raw: Mapping[str, Any], eval_spec: EvalSpec) -> PaperSpec:
     quick = _get(raw, path, "quick", bool, False)
     default_tol = _nonneg_float(raw, path, "tolerance")
     expect_raw = _get(raw, path, "expect", (dict, list), [])
-    metrics = ["clean", *eval_spec.attacks, "worst-case", *eval_spec.groups]
+    metrics = ["clean", *eval_spec.attacks, "worst-case", *eval_spec.groups, *eval_spec.certifiers]
     items: list[tuple[str, str | None, Any]] = []  # (key path, metric or None, entry)
     if isinstance(expect_raw, dict):  # [paper.expect] metric = value
         for metric, entry in expect_raw.items():
