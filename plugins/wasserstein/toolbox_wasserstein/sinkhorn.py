@@ -125,7 +125,7 @@ def _plan_sums_fast(a: torch.Tensor, b: torch.Tensor, logk: torch.Tensor, cost: 
 def lambertw_exp(s: torch.Tensor, iters: int = 40, *, init: torch.Tensor | None = None,
                  rtol: float = 1e-14) -> torch.Tensor:
     """``W(exp(s))`` (principal branch of Lambert W), computed in log space so that large ``s``
-    does not overflow: Newton on ``w + log w = s`` from ``init`` (a nearby solution, e.g. the
+    does not overflow: Halley's method on ``w + log w = s`` from ``init`` (a nearby solution, e.g. the
     previous Sinkhorn sweep's; must be positive) or from ``s - log s`` (``s > 1``) /
     ``exp(s)``, until no entry changes by more than ``rtol`` relatively (at most ``iters``
     steps).  ``s`` may be ``-inf`` (result: ~0).  Shape-preserving; float64 recommended."""
@@ -134,8 +134,19 @@ def lambertw_exp(s: torch.Tensor, iters: int = 40, *, init: torch.Tensor | None 
         w = torch.where(s > 1, s - torch.log(s.clamp_min(1.0)), torch.exp(s.clamp_max(1.0)))
     else:
         w = init.clamp_min(_TINY)
+    small = s < -20
+    es = torch.exp(s.clamp_max(-20))
+    tiny_w = (es * (1 - es)).clamp_min(_TINY)
+    w = torch.where(small, tiny_w, w)
     for _ in range(iters):
-        w_new = (w * (1 + s - torch.log(w.clamp_min(_TINY))) / (1 + w)).clamp_min(_TINY)
+        # Halley's step on f(w) = w + log w - s (cubic convergence): f' = 1 + 1/w, f'' = -1/w²
+        f = w + torch.log(w) - s
+        d1 = 1 + 1 / w
+        w_new = (w - 2 * f * d1 / (2 * d1 * d1 + f / (w * w))).clamp_min(_TINY)
+        # a non-finite step (far from the root, w tiny): halve w instead
+        w_new = torch.where(torch.isfinite(w_new), w_new, (w / 2).clamp_min(_TINY))
+        # W(e^s) = e^s (1 - e^s + ...) to double precision for s < -20 (and w² would underflow)
+        w_new = torch.where(small, tiny_w, w_new)
         if bool(((w_new - w).abs() <= rtol * w_new).all()):
             w = w_new
             break
@@ -267,7 +278,7 @@ def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tens
         logk = -psi.view(-1, 1) * cost.view(1, -1) - 1
         alpha = lx - _lse_fast(beta, logk, k)
         s = _lse_fast(alpha, logk, k, mask=reach)
-        wz = lambertw_exp(log_lam + lam * w + s, init=wz)
+        wz = lambertw_exp(log_lam + lam * w + s, init=wz, rtol=1e-10)
         beta = lam * w - wz
         z = wz / lam
         c1, c2 = _plan_sums_fast(alpha, beta, logk, cost, k, (1, 2))

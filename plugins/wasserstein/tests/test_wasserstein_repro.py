@@ -1,0 +1,83 @@
+"""The plugin's reproduction configs: found through the hook, valid, and the CPU scale-down
+reaches its stated figures (a standard mnist-small, 2 epochs, 100 test images under the
+growing-radius attack read at eps = 0.5 and 1.0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from toolbox_wasserstein import WassersteinAT, WassersteinPGD
+from toolbox_wasserstein.plugin import repro_dir, toolbox_repro_configs
+
+from toolbox.config import load
+
+
+def test_hook_lists_valid_configs():
+    paths = toolbox_repro_configs()
+    assert {p.name for p in paths} >= {"mnist_standard_cpu.toml", "mnist_paper.toml",
+                                         "mnist_wasserstein_at_paper.toml",
+                                         "cifar10_wasserstein_at_paper.toml"}
+    assert all(isinstance(p, Path) and p.parent == repro_dir() for p in paths)
+    quick = []
+    for p in paths:
+        cfg = load(p)
+        assert cfg.paper is not None and cfg.paper.expect, p
+        for name, atk in cfg.build_eval_attacks().items():
+            assert isinstance(atk, WassersteinPGD), name
+            # the schedule stops at the last radius below the reported one
+            e0, g, top = atk.eps0, atk.growth, float(atk.threat.eps)
+            last = e0 * g ** ((atk.steps - 1) // atk.every)
+            assert last < top < e0 * g ** ((atk.steps - 1) // atk.every + 1) + 1e-9, name
+            assert atk.threat.p == 1 and atk.threat.kernel_size == 5
+        if cfg.build_defense().name == "wasserstein-at":
+            assert isinstance(cfg.build_defense(), WassersteinAT)
+        if cfg.paper.quick:
+            quick.append(cfg)
+    assert len(quick) == 1
+
+
+@pytest.mark.slow
+def test_cpu_scaledown_reaches_its_figures():
+    """The config's recipe and expected figures, with both radii read off one growing-radius
+    search (``w@1.0``'s schedule passes through ``w@0.5``'s: the same iterates, half the
+    cost of evaluating both; ``toolbox repro wasserstein --quick`` runs them separately)."""
+    torch.set_num_threads(1)
+    cfg = load(repro_dir() / "mnist_standard_cpu.toml")
+    model = cfg.build_model()
+    train, _, test = cfg.build_data()
+    cfg.build_trainer(model).fit(train, epochs=cfg.train.epochs)
+    model.eval()
+    x, y = test.x[: cfg.eval.n], test.y[: cfg.eval.n].long()
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    atk = cfg.build_eval_attacks()["w@1.0"]
+    res = atk.search(model, x, y)
+    with torch.no_grad():
+        clean = 100 * float((model(x).argmax(1) == y).float().mean())
+    got = {"clean": clean, "w@0.5": 100 * res.accuracy(0.5), "w@1.0": 100 * res.accuracy(1.0)}
+    print("wasserstein scale-down:", got)
+    for e in cfg.paper.expect:
+        assert e.check(got[e.metric]), (e, got)
+    assert got["w@1.0"] < got["w@0.5"] <= got["clean"]
+    # the radii found lie on the schedule and every broken point is in its ball
+    ok = res.success & (res.eps > 0)
+    assert atk.threat.with_eps(res.eps[ok].float()).contains(res.x_adv[ok], x[ok]).all()
+
+
+def test_binarized_model_thresholds_with_straight_through_gradient():
+    from toolbox_wasserstein.models import Binarize
+
+    import toolbox as tb
+
+    b = Binarize(0.5)
+    x = torch.tensor([[0.2, 0.5, 0.7]], requires_grad=True)
+    out = b(x)
+    assert out.tolist() == [[0.0, 0.0, 1.0]]
+    out.sum().backward()
+    assert x.grad.tolist() == [[1.0, 1.0, 1.0]]
+    m = tb.models.create("mnist-small-binarized", seed=0)
+    z = torch.rand(2, 1, 28, 28)
+    assert torch.equal(m(z), m((z > 0.5).float()))
+    with pytest.raises(ValueError, match="threshold"):
+        Binarize(1.5)

@@ -1,0 +1,30 @@
+"""The tutorial's --quick mode runs end to end (digits, about a minute on one thread)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TUTORIAL = Path(__file__).resolve().parents[3] / "tutorials" / "wasserstein_attacks.py"
+
+
+@pytest.mark.slow
+def test_tutorial_quick(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    out = subprocess.run([sys.executable, str(TUTORIAL), "--quick", "--out", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    # the projection is certified: the exact LP cost is within the radius, mass is kept
+    m = re.search(r"certified plan cost ([\d.]+), exact LP cost ([\d.]+), mass kept ([\d.]+)", text)
+    assert m and float(m.group(2)) <= 0.2 + 1e-6 and float(m.group(3)) == 1.0
+    broken = re.search(r"broken (\d+)/(\d+)", text)
+    assert broken and int(broken.group(1)) > int(broken.group(2)) // 2
+    assert "wasserstein-at" in text and "certified accuracy" in text
+    for name in ("wasserstein_heatmaps.png", "wasserstein_curve.png"):
+        assert (tmp_path / name).stat().st_size > 1000
