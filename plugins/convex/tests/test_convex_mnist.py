@@ -1,53 +1,94 @@
-"""The MNIST reproduction: configs load and are registered, and a shortened CPU scale-down of
-``repro/mnist_convex_cpu.toml`` (Wide(1), r = 10 projections, 5,000 training images, 3 epochs
-= 300 steps) brings the *exact* certified error at eps 0.1 far below 100 % (a standard model
-is at ~100 %, Table 3.1).  The full scale-down (10,000 images, 4 epochs, 300 certified test
-images) runs in ``tox -e repro-convex``; its expectations are in ``toolbox_convex.repro``."""
+"""The MNIST reproduction: the configs are registered and carry their exact ``certified`` row
+(``[eval.certifiers]``) among the ``[paper.expect]`` figures; the kernel's run puts that row in
+the repro table; and a shortened CPU scale-down of ``repro/mnist_convex_cpu.toml`` (Wide(1),
+r = 10 projections, 5,000 training images, 3 epochs = 300 steps) brings the *exact* certified
+error at eps 0.1 far below 100 % (a standard model is at ~100 %, Table 3.1).  The full
+scale-down (10,000 images, 4 epochs, 500 certified test images) runs in ``tox -e repro-convex``
+(``toolbox repro convex --quick``)."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
-from toolbox_convex.repro import CERTIFIED, repro_dir, run
+from toolbox_convex.certifier import DualNetworkCertifier
+from toolbox_convex.repro import config_path, main, repro_dir, run
 
 from toolbox.cli import repro_configs
 from toolbox.config import load
 
 torch.set_num_threads(1)
 
+#: the paper's certified accuracy (100 - certified error, percent) per config
+PAPER_CERTIFIED = {"mnist_convex_cpu": 100 - 5.82, "mnist_convex_table31": 100 - 5.82,
+                   "mnist_convex_table35": 100 - 4.99, "cifar10_convex_small_2": 100 - 52.75}
 
-def test_repro_configs_are_registered_and_have_certified_expectations():
+
+def test_repro_configs_are_registered_and_certify_exactly():
     paths = repro_configs("convex")
-    names = {p.stem for p in paths}
-    assert {"mnist_convex_cpu", "mnist_convex_table31", "mnist_convex_table35",
-            "cifar10_convex_small_2"} <= names
-    assert set(CERTIFIED) <= names
+    assert {p.stem for p in paths} == set(PAPER_CERTIFIED)
     for p in paths:
         cfg = load(p)
-        assert cfg.paper is not None and cfg.paper.expect
         assert cfg.defense.name == "convex"
-        assert CERTIFIED[p.stem]["paper"] is not None
+        eps = cfg.defense.threat.kwargs["eps"]
+        # the certified row: the dual network with exact bounds (no projections) at the config's eps
+        spec = cfg.eval.certifiers["certified"]
+        assert spec.name == "dual-network" and "projections" not in spec.kwargs, p.name
+        cert = cfg.build_eval_certifiers()["certified"]
+        assert isinstance(cert, DualNetworkCertifier) and cert.projections is None
+        assert cert.threat.eps == pytest.approx(eps) and type(cert.threat).__name__ == "Linf"
+        # ... is a [paper.expect] figure, with the paper's number beside it
+        figures = {e.metric: e for e in cfg.paper.expect}
+        e = figures["certified"]
+        paper = e.paper if e.paper is not None else e.value
+        assert paper == pytest.approx(PAPER_CERTIFIED[p.stem]), p.name
+        assert e.tolerance is not None and e.source
+        # sound bounds: the certified figure must not exceed the clean one
+        assert e.value <= figures["clean"].value
     quick = [load(p) for p in paths if load(p).paper.quick]
     assert [c.name for c in quick] == ["convex-mnist-cpu"]
-    # the paper's figures are the paper's: Table 3.1 robust model, 1.80 % clean error
+    # every [eval] n image is certified: about a minute at ~8 exact Wide(1) images/s on one thread
+    assert quick[0].eval.n <= 600
     t31 = load(repro_dir() / "mnist_convex_table31.toml")
     assert {e.metric: e.value for e in t31.paper.expect}["clean"] == pytest.approx(98.20)
-    assert CERTIFIED["mnist_convex_table31"]["paper"] == pytest.approx(100 - 5.82)
-    assert CERTIFIED["mnist_convex_table35"]["paper"] == pytest.approx(100 - 4.99)
+
+
+def test_config_names_resolve_and_unknown_names_are_refused(capsys):
+    assert config_path("mnist_convex_cpu") == repro_dir() / "mnist_convex_cpu.toml"
+    assert config_path("mnist_convex_cpu.toml") == repro_dir() / "mnist_convex_cpu.toml"
+    with pytest.raises(SystemExit):
+        main(["mnist_convex_nope"])
+    assert "mnist_convex_table31" in capsys.readouterr().err  # the error lists the known configs
+
+
+def test_wrapper_puts_the_certified_row_in_the_repro_table(tmp_path):
+    # two optimizer steps on 100 images: the figures miss (exit code 1), but every row is there
+    rc = main(["mnist_convex_cpu", "--set", "data.n_train=100", "train.epochs=1", "eval.n=20",
+               "train.device=cpu", "--run-dir", str(tmp_path)])
+    assert rc == 1
+    table = pd.read_csv(tmp_path / "repro.csv").set_index("metric")
+    assert list(table.index) == ["clean", "pgd40", "certified"]
+    assert table.loc["certified", "paper"] == pytest.approx(94.18)
+    got = table["measured"]
+    assert 0.0 <= got["certified"] <= got["pgd40"] <= got["clean"]  # sound on the same 20 images
+    # the run's own report holds the row too: all [eval] n images certified
+    report = pd.read_csv(tmp_path / "convex-mnist-cpu" / "eval.csv").set_index("attack")
+    assert report.loc["certified", "kind"] == "certified" and report.loc["certified", "n"] == 20
+    assert 100 * report.loc["certified", "accuracy"] == pytest.approx(got["certified"], abs=0.01)
 
 
 @pytest.mark.slow
-def test_mnist_scale_down_certifies_far_below_100_percent_error():
+def test_mnist_scale_down_certifies_far_below_100_percent_error(tmp_path):
     cfg = load(repro_dir() / "mnist_convex_cpu.toml",
-               ["data.n_train=5000", "train.epochs=3", "eval.n=200", "train.device=cpu"])
-    res = run(cfg, cert_n=100, log=lambda s: None)
-    acc = res["table"]["accuracy"]
-    rows = {r["metric"].split(" ")[0]: r for r in res["rows"]}
-    certified = rows["certified"]["measured"] / 100
-    print(res["rows"], res["seconds"])
+               ["data.n_train=5000", "train.epochs=3", "eval.n=150", "train.device=cpu"])
+    out = run(cfg, tmp_path / "run", log=lambda s: None)
+    res, rows = out["result"], {r["metric"]: r for r in out["rows"]}
+    acc = res.report["accuracy"]
+    print(out["rows"], res.report[["accuracy", "time_s"]])
     # certified error at eps 0.1 far below 100 % (measured ~0.6-0.7 certified here)
-    assert certified >= 0.45, res["rows"]
-    assert acc["clean"] >= 0.8, res["rows"]
-    # certified (first 100 images) <= PGD (first 200) <= clean, with sampling slack
-    assert certified <= acc["pgd40"] + 0.08 and acc["pgd40"] <= acc["clean"]
-    assert res["history"]["train_robust_err"].iloc[-1] < 0.6
+    assert acc["certified"] >= 0.45, out["rows"]
+    assert rows["certified"]["measured"] == pytest.approx(100 * acc["certified"], abs=0.01)
+    assert acc["clean"] >= 0.8, out["rows"]
+    # exact certificates are sound: certified <= PGD <= clean on the same 150 images
+    assert acc["certified"] <= acc["pgd40"] <= acc["clean"]
+    assert res.history["train_robust_err"].iloc[-1] < 0.6

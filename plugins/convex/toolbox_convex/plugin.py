@@ -24,8 +24,8 @@ def toolbox_register(registry) -> None:
 @tb.hookimpl
 def toolbox_repro_configs() -> list[Path]:
     """``plugins/convex/repro/*.toml``: the MNIST CPU scale-down (``paper.quick``) and the
-    paper's MNIST / CIFAR-10 settings (GPU).  ``python -m toolbox_convex.repro`` runs them with
-    the certified row, which the kernel's config format cannot express yet."""
+    paper's MNIST / CIFAR-10 settings (GPU), each with its exact ``certified`` row
+    (``[eval.certifiers]``) among the ``[paper.expect]`` figures: ``toolbox repro convex``."""
     from .repro import repro_dir
 
     return sorted(repro_dir().glob("*.toml"))
