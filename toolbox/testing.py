@@ -17,6 +17,12 @@ Loaded automatically by pytest once the toolbox is installed, so every plugin's 
 * ``toolbox_plugin`` -- ``toolbox_plugin(obj, name=None)`` registers a plugin object (a module
   or any object with ``@toolbox.hookimpl`` methods) for the test only; it is unregistered
   afterwards and the registry rebuilt.
+
+And one function for tests of runnable scripts (tutorials, examples):
+
+* :func:`run_script` -- runs a Python script in a fresh interpreter with one torch thread and
+  a non-interactive matplotlib backend, fails the test with the script's stderr when it exits
+  non-zero, and returns its stdout.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import contextlib
 import copy
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,3 +270,24 @@ def toolbox_plugin():
     yield register
     for sysm, name in reversed(added):
         sysm.unregister(name)
+
+
+def run_script(path: str | os.PathLike, *args: str, timeout: float = 600, threads: int = 1) -> str:
+    """Run ``python path *args`` in a fresh interpreter and return its stdout (text).
+
+    The child gets ``OMP_NUM_THREADS=threads`` and ``MPLBACKEND=Agg``; a non-zero exit fails
+    the calling test with the last 3,000 characters of stderr, a run longer than ``timeout``
+    seconds fails it too.  For tests of tutorials and examples::
+
+        out = run_script(ROOT / "tutorials" / "x.py", "--quick", "--out", str(tmp_path))
+        assert "robust accuracy" in out
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(int(threads)), MPLBACKEND="Agg")
+    try:
+        proc = subprocess.run([sys.executable, os.fspath(path), *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{path} ran past {timeout:.0f} s; stderr tail:\n{(exc.stderr or '')[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"{path} exited with {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
+    return proc.stdout

@@ -3,9 +3,6 @@ reports, and the tutorial's --quick mode."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from toolbox_mma import MMA, PGDLS, grid_report, margin_report, margins
 import toolbox as tb
 from toolbox.cli import repro_configs
 from toolbox.config import load
+from toolbox.testing import run_script
 
 HERE = Path(__file__).resolve().parents[1]
 TUTORIAL = HERE.parents[1] / "tutorials" / "max_margin_mma.py"
@@ -86,9 +84,6 @@ def test_margin_and_grid_reports(digits_model, digits_data):
 
 @pytest.mark.slow
 def test_tutorial_quick(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    out = subprocess.run([sys.executable, str(TUTORIAL), "--quick", "--out", str(tmp_path)], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "AN-PGD margins" in out.stdout and "AvgRobAcc" in out.stdout and "margin_mean" in out.stdout
+    stdout = run_script(TUTORIAL, "--quick", "--out", tmp_path, timeout=300)
+    assert "AN-PGD margins" in stdout and "AvgRobAcc" in stdout and "margin_mean" in stdout
     assert (tmp_path / "mma_margins.png").stat().st_size > 1000

@@ -21,14 +21,6 @@ from toolbox_wasserstein.attack import _GrowingRule
 import toolbox as tb
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _search(model, x, y, **kw):
     kw.setdefault("steps", 60)
     atk = WassersteinPGD(Wasserstein(kw.pop("cap", 1.0)), eps0=kw.pop("eps0", 0.02),

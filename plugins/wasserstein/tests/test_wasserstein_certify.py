@@ -17,14 +17,6 @@ from toolbox_wasserstein import (
 import toolbox as tb
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _lp_support(x: torch.Tensor, c: torch.Tensor, eps: float, p: float, k: int = 5) -> float:
     """max Σ_ij Π_ij c_j  s.t.  Π 1 = x, <Π, C> <= eps, Π >= 0 (local k×k moves), by HiGHS."""
     from scipy.optimize import linprog

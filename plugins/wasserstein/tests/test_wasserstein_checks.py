@@ -11,14 +11,6 @@ import torch
 from toolbox_wasserstein import projected_sinkhorn, wasserstein_lp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pixel():
     x = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
     x[0, 0, 2, 2] = 1

@@ -21,14 +21,6 @@ from toolbox_wasserstein import (
 import toolbox as tb
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _digits(digits_data, n=4):
     x = digits_data[2][:n].double()
     return x / x.flatten(1).sum(1).view(-1, 1, 1, 1)

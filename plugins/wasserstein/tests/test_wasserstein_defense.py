@@ -13,14 +13,6 @@ from toolbox.train.callbacks import Callback
 from toolbox.train.store import Store
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _defense(**kw):
     kw.setdefault("eps_min", 0.02)
     kw.setdefault("growth", 1.5)
