@@ -523,6 +523,13 @@ def test_repro_miss_and_quick(fake_plugin, tmp_path, capsys):
     assert code == 0 and "fake-0" in out and "fake-1" in out and "clean 0±0" in out
     code, _, err = run(capsys, "repro", "fakepaper", "--quick", "--set", "paper.quick=false")
     assert code == 2 and "no quick" in err
+    # --config picks configs by name or file stem
+    code, out, _ = run(capsys, "repro", "fakepaper", "--list", "--config", "repro_1")
+    assert code == 0 and "fake-1" in out and "fake-0" not in out
+    code, out, _ = run(capsys, "repro", "fakepaper", "--list", "--config", "fake-0", "--config", "repro_1")
+    assert code == 0 and "fake-0" in out and "fake-1" in out
+    code, _, err = run(capsys, "repro", "fakepaper", "--list", "--config", "fake-9")
+    assert code == 2 and "no reproduction config 'fake-9'" in err and "fake-0" in err
 
 
 COMPACT = """

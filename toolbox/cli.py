@@ -595,6 +595,14 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
     paths = repro_configs(args.plugin)
     configs = [load(p, args.set or []) for p in paths]  # validate every config before running any
+    if args.config:
+        known = {c.name for c in configs} | {Path(c.source).stem for c in configs if c.source}
+        unknown = [n for n in args.config if n not in known]
+        if unknown:
+            raise ValueError(f"--config: plugin {args.plugin!r} has no reproduction config {unknown[0]!r}.  "
+                             f"Its configs: {', '.join(sorted(known))}")
+        configs = [c for c in configs if c.name in args.config
+                   or (c.source and Path(c.source).stem in args.config)]
     if args.quick:
         configs = [c for c in configs if c.paper is not None and c.paper.quick]
     if not configs:
@@ -723,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("plugin", help="plugin name (see `toolbox plugins`)")
     s.add_argument("--quick", action="store_true", help="only the CPU scale-downs (paper.quick = true)")
     s.add_argument("--list", action="store_true", help="list the configs and their figures, run nothing")
+    s.add_argument("--config", action="append", metavar="NAME",
+                   help="run only this config (its name or file stem; repeatable)")
     s.add_argument("--set", **sets)
     s.add_argument("--run-dir", help="root directory for the runs (default runs/repro-<plugin>-<timestamp>)")
     s.add_argument("--device", help="override train.device")
