@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import toolbox_convex
 import torch
 from toolbox_convex.certifier import DualNetworkCertifier
-from toolbox_convex.repro import config_path, main, repro_dir, run
 
-from toolbox.cli import repro_configs
+from toolbox.cli import main, repro_configs, repro_rows, run_experiment
 from toolbox.config import load
+from toolbox.plugins import repro_dir as _repro_dir
+
+
+def repro_dir():
+    return _repro_dir(toolbox_convex.__file__)
 
 torch.set_num_threads(1)
 
@@ -53,18 +58,11 @@ def test_repro_configs_are_registered_and_certify_exactly():
     assert {e.metric: e.value for e in t31.paper.expect}["clean"] == pytest.approx(98.20)
 
 
-def test_config_names_resolve_and_unknown_names_are_refused(capsys):
-    assert config_path("mnist_convex_cpu") == repro_dir() / "mnist_convex_cpu.toml"
-    assert config_path("mnist_convex_cpu.toml") == repro_dir() / "mnist_convex_cpu.toml"
-    with pytest.raises(SystemExit):
-        main(["mnist_convex_nope"])
-    assert "mnist_convex_table31" in capsys.readouterr().err  # the error lists the known configs
-
-
-def test_wrapper_puts_the_certified_row_in_the_repro_table(tmp_path):
-    # two optimizer steps on 100 images: the figures miss (exit code 1), but every row is there
-    rc = main(["mnist_convex_cpu", "--set", "data.n_train=100", "train.epochs=1", "eval.n=20",
-               "train.device=cpu", "--run-dir", str(tmp_path)])
+def test_single_configs_run_through_the_kernel_with_the_certified_row(tmp_path, capsys):
+    # one config by file stem (the kernel's `toolbox repro --config`): two optimizer steps on 100
+    # images, so the figures miss (exit code 1), but every row is there
+    rc = main(["repro", "convex", "--config", "mnist_convex_cpu", "--set", "data.n_train=100",
+               "--set", "train.epochs=1", "--set", "eval.n=20", "--device", "cpu", "--run-dir", str(tmp_path)])
     assert rc == 1
     table = pd.read_csv(tmp_path / "repro.csv").set_index("metric")
     assert list(table.index) == ["clean", "pgd40", "certified"]
@@ -75,20 +73,23 @@ def test_wrapper_puts_the_certified_row_in_the_repro_table(tmp_path):
     report = pd.read_csv(tmp_path / "convex-mnist-cpu" / "eval.csv").set_index("attack")
     assert report.loc["certified", "kind"] == "certified" and report.loc["certified", "n"] == 20
     assert 100 * report.loc["certified", "accuracy"] == pytest.approx(got["certified"], abs=0.01)
+    capsys.readouterr()
+    assert main(["repro", "convex", "--list", "--config", "mnist_convex_nope"]) == 2
+    assert "mnist_convex_table31" in capsys.readouterr().err  # the error lists the known configs
 
 
 @pytest.mark.slow
 def test_mnist_scale_down_certifies_far_below_100_percent_error(tmp_path):
     cfg = load(repro_dir() / "mnist_convex_cpu.toml",
                ["data.n_train=5000", "train.epochs=3", "eval.n=150", "train.device=cpu"])
-    out = run(cfg, tmp_path / "run", log=lambda s: None)
-    res, rows = out["result"], {r["metric"]: r for r in out["rows"]}
+    res = run_experiment(cfg, tmp_path / "run", log=lambda s: None)
+    table = repro_rows(cfg, res.rows)
+    rows = {r["metric"]: r for r in table}
     acc = res.report["accuracy"]
-    print(out["rows"], res.report[["accuracy", "time_s"]])
     # certified error at eps 0.1 far below 100 % (measured ~0.6-0.7 certified here)
-    assert acc["certified"] >= 0.45, out["rows"]
+    assert acc["certified"] >= 0.45, table
     assert rows["certified"]["measured"] == pytest.approx(100 * acc["certified"], abs=0.01)
-    assert acc["clean"] >= 0.8, out["rows"]
+    assert acc["clean"] >= 0.8, table
     # exact certificates are sound: certified <= PGD <= clean on the same 150 images
     assert acc["certified"] <= acc["pgd40"] <= acc["clean"]
     assert res.history["train_robust_err"].iloc[-1] < 0.6

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import toolbox as tb
+from toolbox.plugins import repro_dir
 
 from .certifier import DualNetworkCertifier
 from .defense import ConvexDefense
@@ -26,6 +27,4 @@ def toolbox_repro_configs() -> list[Path]:
     """``plugins/convex/repro/*.toml``: the MNIST CPU scale-down (``paper.quick``) and the
     paper's MNIST / CIFAR-10 settings (GPU), each with its exact ``certified`` row
     (``[eval.certifiers]``) among the ``[paper.expect]`` figures: ``toolbox repro convex``."""
-    from .repro import repro_dir
-
-    return sorted(repro_dir().glob("*.toml"))
+    return sorted(repro_dir(__file__).glob("*.toml"))
