@@ -12,6 +12,9 @@ Robust cascades: :func:`train_cascade` and :class:`Cascade` (:mod:`toolbox_conve
 The bound itself is :func:`dual_bounds` / :func:`margin_lower_bounds` in
 :mod:`toolbox_convex.dual`, differentiable in the model's parameters;
 :func:`certified_radius` bisects on eps for the largest certified radius.
+
+Dual layers (:mod:`toolbox_convex.layers`): Linear, Conv2d, Flatten, eval-mode BatchNorm,
+ReLU and :class:`Residual` blocks are built in; :func:`register_dual_layer` adds others.
 """
 
 from __future__ import annotations
@@ -22,15 +25,27 @@ from .cascade import Cascade, self_certified, train_cascade  # noqa: E402
 from .certifier import DualNetworkCertifier  # noqa: E402
 from .defense import ConvexDefense, robust_cross_entropy  # noqa: E402
 from .dual import DualNetwork, certified_radius, dual_bounds, margin_lower_bounds  # noqa: E402
+from .layers import (  # noqa: E402
+    AffineDual,
+    DualLayer,
+    Residual,
+    register_dual_layer,
+    registered_dual_layers,
+)
 
 __all__ = [
+    "AffineDual",
     "Cascade",
     "ConvexDefense",
     "DualNetwork",
+    "DualLayer",
     "DualNetworkCertifier",
+    "Residual",
     "certified_radius",
     "dual_bounds",
     "margin_lower_bounds",
+    "register_dual_layer",
+    "registered_dual_layers",
     "robust_cross_entropy",
     "self_certified",
     "train_cascade",

@@ -28,8 +28,14 @@ anywhere in the batch) is pushed exactly instead (the reference code's fallback)
 ``r`` large the projected path reproduces the exact bounds.  Projected bounds are estimates,
 not certificates: use them for training (the thesis uses ``r = 50``), certify exactly.
 
-Supported models: ``nn.Sequential`` (nested ones are flattened) of ``nn.Linear``,
-``nn.Conv2d``, ``nn.Flatten``, ``nn.ReLU`` and ``nn.Identity``.
+Supported models: chains of dual layers (:mod:`toolbox_convex.layers`): ``nn.Sequential``
+(nested ones are flattened) of ``nn.Linear``, ``nn.Conv2d``, ``nn.Flatten``, eval-mode
+``nn.BatchNorm1d`` / ``nn.BatchNorm2d``, ``nn.ReLU``, ``nn.Identity`` and
+:class:`~toolbox_convex.layers.Residual` blocks ``x + body(x)``; other layer types register a
+dual layer with :func:`~toolbox_convex.layers.register_dual_layer`.  The backward pass walks
+the chain in reverse: an affine layer applies its adjoint ``A^T`` and adds ``lam . b``, a
+residual addition sends ``lam`` down both the body and the skip, and the block's fork sums
+the two.
 """
 
 from __future__ import annotations
@@ -41,7 +47,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_SUPPORTED = (nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU, nn.Identity)
+from .layers import (
+    AffineDual,
+    Conv2dDual,
+    DualLayer,
+    FlattenDual,
+    LinearDual,
+    ReLUDual,
+    ResidualAdd,
+    ResidualFork,
+    dual_layers,
+    run_chain,
+)
 
 
 def sample_median(a: torch.Tensor, dim: int) -> torch.Tensor:
@@ -55,26 +72,12 @@ def sample_median(a: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def flatten_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's layers as a flat list (nested ``nn.Sequential`` expanded).
+    """The modules of the model's dual chain (containers expanded; a :class:`Residual` block
+    contributes itself twice, as its fork and as its addition).
 
     Raises ``ValueError`` naming the first unsupported layer.
     """
-    if isinstance(model, nn.Sequential):
-        out: list[nn.Module] = []
-        for m in model:
-            out.extend(flatten_layers(m))
-        return out
-    if isinstance(model, nn.Flatten) and model.start_dim != 1:
-        raise ValueError(f"model: nn.Flatten must have start_dim=1, got {model.start_dim}")
-    if isinstance(model, nn.Conv2d) and isinstance(model.padding, str):
-        raise ValueError("model: nn.Conv2d with string padding is not supported")
-    if isinstance(model, nn.Conv2d) and model.padding_mode != "zeros":
-        raise ValueError("model: nn.Conv2d must use padding_mode='zeros'")
-    if isinstance(model, _SUPPORTED):
-        return [] if isinstance(model, nn.Identity) else [model]
-    raise ValueError(
-        f"model: the dual network supports nn.Sequential of Linear/Conv2d/Flatten/ReLU "
-        f"layers, got {type(model).__name__}")
+    return [d.module for d in dual_layers(model)]
 
 
 class DualNetwork:
@@ -109,8 +112,9 @@ class DualNetwork:
         self.generator = generator
         if norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-        self.layers = flatten_layers(model)
-        if not self.layers or isinstance(self.layers[-1], nn.ReLU):
+        self.duals: list[DualLayer] = dual_layers(model)
+        self.layers = [d.module for d in self.duals]
+        if not self.duals or isinstance(self.duals[-1], ReLUDual):
             raise ValueError("model: the last layer must be affine (logits), not ReLU")
         n = x.shape[0]
         eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
@@ -128,20 +132,23 @@ class DualNetwork:
                 lo, hi = lo.clamp_min(0), hi.clamp_max(1)
             self.lo, self.hi = lo, hi
         # shapes of every intermediate h_t (h_0 = x, h_{t+1} = layers[t](h_t))
-        self.shapes: list[torch.Size] = []
         with torch.no_grad():
-            h = x[:1]
-            for m in self.layers:
-                self.shapes.append(h.shape[1:])
-                h = m(h)
-            self.shapes.append(h.shape[1:])
+            try:
+                hs = run_chain(self.duals, x[:1])
+            except RuntimeError as err:
+                raise ValueError(f"model: the layers do not compose on x of shape "
+                                 f"{tuple(x.shape)}: {err}") from err
+        self.shapes: list[torch.Size] = [h.shape[1:] for h in hs]
+        for t, d in enumerate(self.duals):
+            d.bind(self.shapes[t], self.shapes[t + 1])
+        _check_residual_shapes(self.duals, self.shapes)
         self.lower: dict[int, torch.Tensor] = {}
         self.upper: dict[int, torch.Tensor] = {}
         if self.projections is not None:
             self._forward_bounds(self.projections)
             return
-        for t, m in enumerate(self.layers):
-            if isinstance(m, nn.ReLU):
+        for t, d in enumerate(self.duals):
+            if isinstance(d, ReLUDual):
                 self._intermediate(t)
 
     # --- the backward (dual) pass -----------------------------------------------------
@@ -158,10 +165,10 @@ class DualNetwork:
         """Lower bound of ``lam . h_{t_end}`` over the input set; ``lam`` ``(N, m, *shape)``."""
         n, m = lam.shape[:2]
         const = lam.new_zeros(n, m)
+        skips: list[torch.Tensor] = []    # lam at residual additions, awaiting their fork
         for t in range(t_end - 1, -1, -1):
-            layer = self.layers[t]
-            in_shape, out_shape = self.shapes[t], self.shapes[t + 1]
-            if isinstance(layer, nn.ReLU):
+            layer = self.duals[t]
+            if isinstance(layer, ReLUDual):
                 lo, up = self.lower[t], self.upper[t]
                 cross = (lo < 0) & (up > 0)
                 d = torch.where(cross, up / (up - lo).clamp_min(1e-12), (lo >= 0).to(lo.dtype))
@@ -169,34 +176,25 @@ class DualNetwork:
                 neg = lam.clamp_max(0) * (cross.to(lo.dtype) * d * lo).unsqueeze(1)
                 const = const - neg.flatten(2).sum(-1)
                 lam = lam * d.unsqueeze(1)
-            elif isinstance(layer, nn.Linear):
-                if layer.bias is not None:
-                    const = const + lam @ layer.bias
-                lam = lam @ layer.weight
-            elif isinstance(layer, nn.Conv2d):
-                if layer.bias is not None:
-                    const = const + torch.einsum("nmchw,c->nm", lam, layer.bias)
-                flat = lam.reshape(n * m, *out_shape)
-                k = layer.weight.shape[-2:]
-                pad = [0, 0]
-                for i in range(2):
-                    natural = ((out_shape[1 + i] - 1) * layer.stride[i] - 2 * layer.padding[i]
-                               + layer.dilation[i] * (k[i] - 1) + 1)
-                    pad[i] = in_shape[1 + i] - natural
-                flat = F.conv_transpose2d(flat, layer.weight, None, layer.stride, layer.padding,
-                                          tuple(pad), layer.groups, layer.dilation)
-                lam = flat.reshape(n, m, *in_shape)
-            elif isinstance(layer, nn.Flatten):
-                lam = lam.reshape(n, m, *in_shape)
-            else:  # pragma: no cover - flatten_layers rejects these
-                raise ValueError(f"unsupported layer {layer!r}")
+            elif isinstance(layer, ResidualAdd):
+                skips.append(lam)            # h = skip + body: lam flows into both branches
+            elif isinstance(layer, ResidualFork):
+                if skips:                    # its addition lies before t_end: sum the branches
+                    lam = lam + skips.pop()
+            elif isinstance(layer, AffineDual):
+                bias = layer.bias_dot(lam)
+                if bias is not None:
+                    const = const + bias
+                lam = layer.transpose(lam)
+            else:  # pragma: no cover - dual_layers only builds the kinds above
+                raise ValueError(f"model: unsupported dual layer {layer!r}")
         return const + self._input_term(lam)
 
     def _first_affine(self, t: int) -> nn.Module | None:
         """The single Linear/Conv2d before ``t`` when ``layers[:t]`` has no ReLU, else None."""
-        affine = [m for m in self.layers[:t] if not isinstance(m, nn.Flatten)]
-        if len(affine) == 1 and isinstance(affine[0], (nn.Linear, nn.Conv2d)):
-            return affine[0]
+        affine = [d for d in self.duals[:t] if type(d) is not FlattenDual]
+        if len(affine) == 1 and type(affine[0]) in (LinearDual, Conv2dDual):
+            return affine[0].module
         return None
 
     def _interval_first(self, t: int, layer: nn.Module) -> None:
@@ -238,18 +236,11 @@ class DualNetwork:
         self.upper[t] = (-b[:, k:]).reshape(n, *shape)
 
     # --- forward mode with random projections (Algorithm 3) -------------------------------------
-    def _push(self, layer: nn.Module, g: torch.Tensor, t: int) -> torch.Tensor:
+    def _push(self, layer: DualLayer, g: torch.Tensor, t: int) -> torch.Tensor:
         """Apply layer ``t``'s linearised map without bias to ``g`` ``(N, m, *shape_t)``."""
-        n, m = g.shape[:2]
-        if isinstance(layer, nn.ReLU):
+        if isinstance(layer, ReLUDual):
             return g * self._slope(t).unsqueeze(1)
-        if isinstance(layer, nn.Linear):
-            return g @ layer.weight.t()
-        if isinstance(layer, nn.Conv2d):
-            out = F.conv2d(g.reshape(n * m, *self.shapes[t]), layer.weight, None, layer.stride,
-                           layer.padding, layer.dilation, layer.groups)
-            return out.reshape(n, m, *self.shapes[t + 1])
-        return g.reshape(n, m, *self.shapes[t + 1])  # Flatten
+        return layer.apply(g)
 
     def _slope(self, t: int) -> torch.Tensor:
         """The ReLU relaxation's slope ``d`` at layer ``t``: 0 / 1 / ``u / (u - l)``."""
@@ -301,8 +292,9 @@ class DualNetwork:
             psi = self.x
             e = self.eps.view(n, *([1] * (self.x.dim() - 1)))
             sources = [self._source(e.expand_as(self.x), r, "l2")]
-        for t, layer in enumerate(self.layers):
-            if isinstance(layer, nn.ReLU):
+        stack: list[tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]] = []
+        for t, layer in enumerate(self.duals):
+            if isinstance(layer, ReLUDual):
                 first = self._first_affine(t) if self.fast_first else None
                 if first is not None:
                     self._interval_first(t, first)
@@ -316,14 +308,19 @@ class DualNetwork:
                 psi = d * psi + half_gap
                 sources = [(kind, g * d.unsqueeze(1)) for kind, g in sources]
                 sources.append(self._source(half_gap, r, "l1"))
+            elif isinstance(layer, ResidualFork):
+                stack.append((psi, list(sources)))
+            elif isinstance(layer, ResidualAdd):
+                # skip + body: the sources that existed at the fork add up; those created in
+                # the body (its ReLUs) have zero weight on the skip branch
+                psi_s, src_s = stack.pop()
+                psi = psi + psi_s
+                k = len(src_s)
+                summed = [(kind, g + gs)
+                          for (kind, g), (_, gs) in zip(sources[:k], src_s, strict=True)]
+                sources = summed + sources[k:]
             else:
-                if isinstance(layer, nn.Linear):
-                    psi = F.linear(psi, layer.weight, layer.bias)
-                elif isinstance(layer, nn.Conv2d):
-                    psi = F.conv2d(psi, layer.weight, layer.bias, layer.stride, layer.padding,
-                                   layer.dilation, layer.groups)
-                else:
-                    psi = layer(psi)
+                psi = layer.forward(psi)
                 sources = [(kind, self._push(layer, g, t)) for kind, g in sources]
 
     def bound(self, c: torch.Tensor) -> torch.Tensor:
@@ -342,6 +339,19 @@ class DualNetwork:
             raise ValueError(f"c must be (N, m, {tuple(out)}) or (m, {tuple(out)}), "
                              f"got {tuple(c.shape)}")
         return self._backward(c.to(self.x.dtype), len(self.layers))
+
+
+def _check_residual_shapes(duals: list[DualLayer], shapes: list[torch.Size]) -> None:
+    """Each residual block's body must keep its input's shape (no broadcasting)."""
+    opened: list[int] = []
+    for t, d in enumerate(duals):
+        if isinstance(d, ResidualFork):
+            opened.append(t)
+        elif isinstance(d, ResidualAdd):
+            f = opened.pop()
+            if shapes[f] != shapes[t]:
+                raise ValueError(f"model: the body of a Residual block maps shape "
+                                 f"{tuple(shapes[f])} to {tuple(shapes[t])}; it must keep it")
 
 
 def dual_bounds(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor,
