@@ -24,7 +24,13 @@ __version__ = "0.2.0"
 from .cascade import Cascade, self_certified, train_cascade  # noqa: E402
 from .certifier import DualNetworkCertifier  # noqa: E402
 from .defense import ConvexDefense, robust_cross_entropy  # noqa: E402
-from .dual import DualNetwork, certified_radius, dual_bounds, margin_lower_bounds  # noqa: E402
+from .dual import (  # noqa: E402
+    DualNetwork,
+    certified_radius,
+    dual_bounds,
+    margin_lower_bounds,
+    optimized_margin_bounds,
+)
 from .layers import (  # noqa: E402
     AffineDual,
     DualLayer,
@@ -44,6 +50,7 @@ __all__ = [
     "certified_radius",
     "dual_bounds",
     "margin_lower_bounds",
+    "optimized_margin_bounds",
     "register_dual_layer",
     "registered_dual_layers",
     "robust_cross_entropy",
