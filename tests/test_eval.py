@@ -516,3 +516,29 @@ def test_groups_bad_input(linear, test_xy, groups, kw, match):
     with pytest.raises(ValueError, match=match):
         tb.evaluate(linear, test_xy, {"fgsm": tb.attack("fgsm", threat=tb.Linf(EPS))}, n=10,
                     progress=False, groups=groups, **kw)
+
+
+def test_contains_reuses_the_norms_and_old_overrides_still_work(cnn, digits):
+    """evaluate computes each perturbation's norm once and hands it to ``contains(norms=)``;
+    a threat model whose ``contains`` override predates ``norms=`` is still served."""
+    calls = {"norm": 0}
+
+    class Counting(tb.Linf):
+        def norm(self, delta, x=None):
+            calls["norm"] += 1
+            return super().norm(delta, x)
+
+    class OldStyle(tb.Linf):
+        def contains(self, x_adv, x, atol=1e-6, rtol=None):
+            return super().contains(x_adv, x, atol, rtol)
+
+    for tm in (Counting(EPS), OldStyle(EPS)):
+        report, issued = quiet_evaluate(cnn, digits[1], {"fgsm": tb.attack("fgsm", threat=tm)}, n=64,
+                                        batch_size=32, progress=False)
+        assert issued == [] and report.loc["fgsm", "max_norm"] <= EPS + 1e-6
+    assert calls["norm"] == 2  # one per batch: contains did not compute it again
+    x = digits[1].x[:4]
+    tm = tb.Linf(EPS)
+    assert tm.contains(x, x, norms=torch.zeros(4)).all() and not tm.contains(x, x, norms=torch.ones(4)).any()
+    with pytest.raises(ValueError, match="norms must have shape"):
+        tm.contains(x, x, norms=torch.zeros(3))

@@ -112,18 +112,21 @@ class ThreatModel:
         return self.project(x_adv + _col(step_size, x_adv) * direction, x)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, atol: float = 1e-6,
-                 rtol: float | None = None) -> torch.Tensor:
+                 rtol: float | None = None, *, norms: torch.Tensor | None = None) -> torch.Tensor:
         """``(N,)`` bool: ``x_adv`` lies in ball(x, eps) ∩ [0, 1]^d up to ``atol + rtol * eps``.
 
         ``rtol`` defaults to 1e-5 for float32 (float sums over many pixels round) and 1e-10 for
-        float64.
+        float64.  ``norms``: ``self.norm(x_adv - x, x)`` ``(N,)`` when the caller has already
+        computed it (``tb.evaluate`` reports it too), so costly norms are not computed twice.
         """
         self._check_batch(x, x_adv)
         rtol = _rtol(x_adv.dtype) if rtol is None else rtol
         eps = self.eps
         if isinstance(eps, torch.Tensor):
             eps = eps.to(x_adv.device, torch.float64)
-        n = self.norm((x_adv - x).double())
+        if norms is not None and norms.shape != (x.shape[0],):
+            raise ValueError(f"norms must have shape ({x.shape[0]},), got {tuple(norms.shape)}")
+        n = self.norm((x_adv - x).double()) if norms is None else norms.to(x_adv.device, torch.float64)
         in_ball = n <= eps * (1 + rtol) + atol
         flat = x_adv.flatten(1)
         in_box = (flat >= -atol).all(1) & (flat <= 1 + atol).all(1)

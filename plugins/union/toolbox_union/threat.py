@@ -118,8 +118,9 @@ class Union(ThreatModel):
         return out * s
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, atol: float = 1e-6,
-                 rtol: float | None = None) -> torch.Tensor:
-        """``(N,)`` bool: inside at least one component ball ∩ box (each with its tolerance)."""
+                 rtol: float | None = None, *, norms: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N,)`` bool: inside at least one component ball ∩ box (each with its tolerance;
+        ``norms``, the union's gauge, is not needed: each ball is tested in its own norm)."""
         self._check_batch(x, x_adv)
         inside = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for t in self.threats:

@@ -130,7 +130,13 @@ def test_threat_project_box_and_registry(digits_data):
     mass = xa.flatten(1).sum(1) / x.flatten(1).sum(1)
     assert ((mass > 0.9) & (mass <= 1 + 1e-5)).all()  # only the [0, 1] clamp can remove mass
     assert th.contains(xa, x).all()
-    assert torch.equal(th.norm(xa - x), th.distance(xa, x))  # cached for tb.evaluate
+    d = th.distance(xa, x)
+    torch.testing.assert_close(th.norm(xa - x, x), d, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="x is required"):
+        th.norm(xa - x)  # a Wasserstein size depends on the centre
+    # contains reuses given norms (tb.evaluate computes them once): they decide the ball test
+    assert th.contains(xa, x, norms=d).all()
+    assert not th.contains(xa, x, norms=torch.full_like(d, 1.0)).any()
     assert (th.norm(xa - x, x) <= 0.3 * 1.05).all()
     assert th.contains(x, x).all() and torch.equal(th.random_init(x), x)
     far = torch.roll(x, 3, dims=3)  # a 3-pixel move: far outside the ball

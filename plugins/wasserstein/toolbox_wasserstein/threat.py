@@ -83,12 +83,7 @@ class Wasserstein(ThreatModel):
 
     def norm(self, delta: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """``(N,)`` Wasserstein size of ``delta`` around the centre ``x``: ``distance(x + delta,
-        x)``.  A Wasserstein distance depends on the centre; without ``x`` this only answers
-        for the ``delta`` of the last :meth:`contains` call.  The distance computed by that
-        call is reused for the same ``delta`` (``tb.evaluate`` asks for both)."""
-        last = self.__dict__.get("_last_contains")
-        if last is not None and last[0].shape == delta.shape and torch.equal(last[0], delta.to(last[0])):
-            return last[1].clone()
+        x)``.  A Wasserstein distance depends on the centre, so ``x`` is required."""
         if x is None:
             raise ValueError("x is required: Wasserstein.norm(delta, x) measures delta around "
                              "the centre x")
@@ -125,15 +120,15 @@ class Wasserstein(ThreatModel):
         return self.project(x_adv + _col(step_size, x_adv) * grad.sign(), x)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, atol: float = 1e-6,
-                 rtol: float | None = None) -> torch.Tensor:
+                 rtol: float | None = None, *, norms: torch.Tensor | None = None) -> torch.Tensor:
         """``(N,)`` bool: ``x_adv`` in [0, 1] and its Sinkhorn distance to ``x`` at most
         ``eps (1 + rtol) + atol``.  ``rtol`` defaults to ``contains_rtol`` (0.05): the
         entropic cost slightly over-estimates the exact one, and the [0, 1] clamp after the
-        projection changes the mass a little."""
+        projection changes the mass a little.  ``norms``: the distances ``(N,)`` when the
+        caller has them (``tb.evaluate`` computes them once for both questions)."""
         self._check_batch(x, x_adv)
         rtol = self.contains_rtol if rtol is None else rtol
-        d = self.distance(x_adv, x)
-        self.__dict__["_last_contains"] = ((x_adv - x).double(), d)
+        d = self.distance(x_adv, x) if norms is None else norms.to(x_adv.device, torch.float64)
         eps = self.eps.to(d) if isinstance(self.eps, torch.Tensor) else self.eps
         flat = x_adv.flatten(1)
         in_box = (flat >= -atol).all(1) & (flat <= 1 + atol).all(1)
@@ -143,10 +138,6 @@ class Wasserstein(ThreatModel):
         """The reference attack's fixed ℓ∞ step ``alpha`` (pixel units), whatever ``steps``."""
         return self.alpha
 
-    def with_eps(self, eps):
-        new = super().with_eps(eps)
-        new.__dict__.pop("_last_contains", None)
-        return new
 
     def spec(self) -> dict[str, Any]:
         out = super().spec()
