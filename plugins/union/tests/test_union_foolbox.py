@@ -6,6 +6,7 @@ far-away points run everywhere."""
 
 import importlib
 import importlib.util
+import os
 import sys
 import types
 
@@ -41,8 +42,12 @@ CASES = [("deepfool", tb.L2(0.8)), ("ddn", tb.L2(0.8)), ("cw-l2", tb.L2(0.8)), (
 @pytest.fixture
 def fb():
     """The real foolbox; skips only when it is not installed at all (an installed foolbox that
-    fails to import, e.g. a missing dependency, is an error, not a skip)."""
+    fails to import, e.g. a missing dependency, is an error, not a skip) and the run does not
+    promise the extras: with ``TOOLBOX_REQUIRE_EXTRAS=1`` (set by tox, which installs them) a
+    missing foolbox fails."""
     if importlib.util.find_spec("foolbox") is None:
+        if os.environ.get("TOOLBOX_REQUIRE_EXTRAS") == "1":
+            pytest.fail("TOOLBOX_REQUIRE_EXTRAS=1 but foolbox (toolbox-union[foolbox]) is not installed")
         pytest.skip("foolbox (optional extra toolbox-union[foolbox]) is not installed")
     return importlib.import_module("foolbox")
 
