@@ -27,6 +27,7 @@ from .sinkhorn import (
     _TINY,
     _check_images,
     _check_kernel,
+    _check_pair,
     _lse_fast,
     _neighbours,
     _plan_sums_fast,
@@ -128,13 +129,7 @@ def conjugate_sinkhorn(x: torch.Tensor, c: torch.Tensor, eps: float | torch.Tens
     ``reg`` × (the entropy of ``x`` + log k²) and tends to it as ``reg -> 0``.  ``x``
     ``(N, C, H, W)`` mass 1 per example, ``c`` same shape, ``eps`` float or ``(N,)``.
     """
-    _check_images(x, "x")
-    _check_images(c, "c")
-    _check_kernel(kernel_size)
-    if c.shape != x.shape:
-        raise ValueError(f"c must have the shape of x {tuple(x.shape)}, got {tuple(c.shape)}")
-    if not reg > 0:
-        raise ValueError(f"reg must be > 0, got {reg!r}")
+    _check_pair(x, c, "c", kernel_size, reg)
     x, c = x.double(), c.double()
     n, k = x.shape[0], kernel_size
     lam = 1.0 / reg

@@ -165,6 +165,18 @@ def _check_kernel(kernel_size: int) -> None:
         raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
 
 
+def _check_pair(x: torch.Tensor, other: torch.Tensor, other_name: str, kernel_size: int, reg: float) -> None:
+    """The shared argument checks of the Sinkhorn solvers: two image batches of one shape, a
+    valid local-plan size and a positive entropic regularisation."""
+    _check_images(x, "x")
+    _check_images(other, other_name)
+    _check_kernel(kernel_size)
+    if other.shape != x.shape:
+        raise ValueError(f"{other_name} must have the shape of x {tuple(x.shape)}, got {tuple(other.shape)}")
+    if not reg > 0:
+        raise ValueError(f"reg must be > 0, got {reg!r}")
+
+
 def _normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x / m, m)`` with ``m`` ``(N,)`` the total mass of each example (all channels)."""
     m = x.flatten(1).sum(1)
@@ -184,13 +196,7 @@ def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, *, p: float = 2, kernel_
     ``y`` cannot be reached with local moves the result is large, not ``inf``.  Small ``reg``
     converges slowly, and a plan stopped early *under*-estimates the cost.
     """
-    _check_images(x, "x")
-    _check_images(y, "y")
-    _check_kernel(kernel_size)
-    if x.shape != y.shape:
-        raise ValueError(f"y must have the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
-    if not reg > 0:
-        raise ValueError(f"reg must be > 0, got {reg!r}")
+    _check_pair(x, y, "y", kernel_size, reg)
     a, _ = _normalise(x.double().clamp_min(0))
     b, _ = _normalise(y.double().clamp_min(0))
     k = kernel_size
@@ -244,13 +250,7 @@ def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tens
     from a previous call on the same ``x``, the iteration starts there; on return it holds
     this call's final dual variables and ``"sweeps"`` (the number of sweeps run).
     """
-    _check_images(x, "x")
-    _check_images(w, "w")
-    _check_kernel(kernel_size)
-    if w.shape != x.shape:
-        raise ValueError(f"w must have the shape of x {tuple(x.shape)}, got {tuple(w.shape)}")
-    if not reg > 0:
-        raise ValueError(f"reg must be > 0, got {reg!r}")
+    _check_pair(x, w, "w", kernel_size, reg)
     if state is not None and not isinstance(state, dict):
         raise ValueError(f"state must be a dict or None, got {type(state).__name__}")
     n, k = x.shape[0], kernel_size
