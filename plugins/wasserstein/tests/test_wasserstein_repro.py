@@ -1,6 +1,6 @@
-"""The plugin's reproduction configs: found through the hook, valid, and the CPU scale-down
-reaches its stated figures (a standard mnist-small, 2 epochs, 100 test images under the
-growing-radius attack read at eps = 0.5 and 1.0)."""
+"""The plugin's reproduction configs: found through the hook, valid, and the CPU scale-downs
+reach their stated figures (a standard and a binarized mnist-small, 3 epochs of the thesis's
+optimiser, 200 test images under the growing-radius attack read at eps = 0.5 and 1.0)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from toolbox.config import load
 
 def test_hook_lists_valid_configs():
     paths = toolbox_repro_configs()
-    assert {p.name for p in paths} >= {"mnist_standard_cpu.toml", "mnist_paper.toml",
+    assert {p.name for p in paths} >= {"mnist_standard_cpu.toml", "mnist_binarized_cpu.toml", "mnist_paper.toml",
                                          "mnist_wasserstein_at_paper.toml",
                                          "cifar10_wasserstein_at_paper.toml"}
     assert all(isinstance(p, Path) and p.parent == repro_dir() for p in paths)
@@ -34,17 +34,17 @@ def test_hook_lists_valid_configs():
         if cfg.build_defense().name == "wasserstein-at":
             assert isinstance(cfg.build_defense(), WassersteinAT)
         if cfg.paper.quick:
-            quick.append(cfg)
-    assert len(quick) == 1
+            quick.append(cfg.name)
+    assert sorted(quick) == ["wasserstein-mnist-binarized-cpu", "wasserstein-mnist-standard-cpu"]
 
 
-@pytest.mark.slow
-def test_cpu_scaledown_reaches_its_figures():
-    """The config's recipe and expected figures, with both radii read off one growing-radius
-    search (``w@1.0``'s schedule passes through ``w@0.5``'s: the same iterates, half the
-    cost of evaluating both; ``toolbox repro wasserstein --quick`` runs them separately)."""
+def _scaledown(name: str):
+    """Train and attack as the quick config ``name`` says; both radii are read off one
+    growing-radius search (``w@1.0``'s schedule passes through ``w@0.5``'s: the same iterates,
+    half the cost of evaluating both; ``toolbox repro wasserstein --quick`` runs them
+    separately).  Returns the figures, the search, the attack and the clean images."""
     torch.set_num_threads(1)
-    cfg = load(repro_dir() / "mnist_standard_cpu.toml")
+    cfg = load(repro_dir() / name)
     model = cfg.build_model()
     train, _, test = cfg.build_data()
     cfg.build_trainer(model).fit(train, epochs=cfg.train.epochs)
@@ -56,13 +56,30 @@ def test_cpu_scaledown_reaches_its_figures():
     with torch.no_grad():
         clean = 100 * float((model(x).argmax(1) == y).float().mean())
     got = {"clean": clean, "w@0.5": 100 * res.accuracy(0.5), "w@1.0": 100 * res.accuracy(1.0)}
-    print("wasserstein scale-down:", got)
+    print(cfg.name, got)
     for e in cfg.paper.expect:
         assert e.check(got[e.metric]), (e, got)
     assert got["w@1.0"] < got["w@0.5"] <= got["clean"]
     # the radii found lie on the schedule and every broken point is in its ball
     ok = res.success & (res.eps > 0)
     assert atk.threat.with_eps(res.eps[ok].float()).contains(res.x_adv[ok], x[ok]).all()
+    return got
+
+
+@pytest.mark.slow
+def test_cpu_scaledown_standard_model():
+    """The thesis's spot numbers: about half the standard model's test images broken by
+    eps = 0.5, about 94 % by eps = 1 (bands: the seed spread measured here)."""
+    _scaledown("mnist_standard_cpu.toml")
+
+
+@pytest.mark.slow
+def test_cpu_scaledown_binarized_model():
+    """Binarizing the input is only marginally better (reference README: 14 % vs the standard
+    model's 4 % at eps = 1): the curve stays far below robust, and above the standard
+    model's band at eps = 1 (its expectation: 6 +- 6 %)."""
+    got = _scaledown("mnist_binarized_cpu.toml")
+    assert got["w@0.5"] < 95.0
 
 
 def test_binarized_model_thresholds_with_straight_through_gradient():
