@@ -152,6 +152,18 @@ def test_argument_checks(digits_data):
         Wasserstein(0.1, p=-1)
     with pytest.raises(ValueError, match="sinkhorn_iters"):
         Wasserstein(0.1, sinkhorn_iters=2.5)
+    # the thesis's names (lam = 1 / reg, kernel, iters) are the same threat model
+    t = Wasserstein(0.1, p=1, kernel=7, lam=1000, iters=50)
+    assert (t.reg, t.kernel_size, t.sinkhorn_iters) == (1e-3, 7, 50)
+    assert t.spec() == Wasserstein(0.1, p=1, kernel_size=7, reg=1e-3, sinkhorn_iters=50).spec()
+    with pytest.raises(ValueError, match="either reg or lam"):
+        Wasserstein(0.1, reg=1e-2, lam=1000)
+    with pytest.raises(ValueError, match="either kernel_size or kernel"):
+        Wasserstein(0.1, kernel_size=3, kernel=7)
+    with pytest.raises(ValueError, match="lam must"):
+        Wasserstein(0.1, lam=-1)
+    with pytest.raises(ValueError, match="kernel_size"):
+        Wasserstein(0.1, kernel=4)
     th = Wasserstein(0.1)
     x = digits_data[2][:2]
     with pytest.raises(ValueError, match="x is required"):

@@ -49,6 +49,10 @@ class Wasserstein(ThreatModel):
       1000 sweeps come within about 1-5 % of the converged value (hence ``contains_rtol``);
       on easy pairs the value is within ~1e-4 of the exact LP cost.
     * ``random_init``: ``x`` itself (the reference attack starts there).
+
+    The thesis's names are accepted too: ``lam`` (its λ, ``= 1 / reg``), ``kernel``
+    (``kernel_size``) and ``iters`` (``sinkhorn_iters``), so ``Wasserstein(0.5, p=1,
+    kernel=5, lam=1000)`` is ``Wasserstein(0.5, p=1, kernel_size=5, reg=1e-3)``.
     """
 
     name = "wasserstein"
@@ -57,8 +61,22 @@ class Wasserstein(ThreatModel):
                  reg: float = 1e-3, sinkhorn_iters: int = 400, *, sinkhorn_tol: float = 1e-4,
                  alpha: float = 0.1,
                  distance_reg: float = 0.05, distance_iters: int = 1000,
-                 contains_rtol: float = 0.05) -> None:
+                 contains_rtol: float = 0.05, lam: float | None = None, kernel: int | None = None,
+                 iters: int | None = None) -> None:
         super().__init__(eps)
+        # the thesis's names: lam = 1 / reg (its λ), kernel = kernel_size, iters = sinkhorn_iters
+        if lam is not None:
+            if reg != 1e-3:
+                raise ValueError("give either reg or lam (= 1 / reg), not both")
+            reg = 1.0 / _check_pos(lam, "lam")
+        if kernel is not None:
+            if kernel_size != 5:
+                raise ValueError("give either kernel_size or kernel, not both")
+            kernel_size = kernel
+        if iters is not None:
+            if sinkhorn_iters != 400:
+                raise ValueError("give either sinkhorn_iters or iters, not both")
+            sinkhorn_iters = iters
         self.p = float(_check_pos(p, "p"))
         _check_kernel(kernel_size)
         self.kernel_size = kernel_size
