@@ -22,5 +22,10 @@ def test_tutorial_quick(tmp_path):
     broken = re.search(r"broken (\d+)/(\d+)", text)
     assert broken and int(broken.group(1)) > int(broken.group(2)) // 2
     assert "wasserstein-at" in text and "certified accuracy" in text
+    # adaptive-radius adversarial training makes the largest radius's accuracy go up
+    curves = re.findall(r"adversarial accuracy ((?:\d+% at eps [\d.]+(?:, )?)+)", text)
+    assert len(curves) == 2, curves
+    before, after = ([int(v) for v in re.findall(r"(\d+)% at eps", c)] for c in curves)
+    assert after[-1] > before[-1], (before, after)
     for name in ("wasserstein_heatmaps.png", "wasserstein_curve.png"):
         assert (tmp_path / name).stat().st_size > 1000
