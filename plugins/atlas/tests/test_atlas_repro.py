@@ -1,8 +1,6 @@
 """Reproduction configs (strict validation, registered through the hook) and the tutorial's
 --quick mode."""
 
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ from toolbox_atlas import FGSMKL, MultiTargeted
 import toolbox as tb
 from toolbox.cli import repro_configs
 from toolbox.config import load
+from toolbox.testing import run_script
 from toolbox.train.guided import GuidedLR
 
 HERE = Path(__file__).resolve().parents[1]
@@ -68,11 +67,7 @@ def test_one_step_trades_config_follows_the_paper():
 
 
 @pytest.mark.slow  # 15-30 s on a loaded machine
-def test_tutorial_quick_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(TUTORIAL), "--quick", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(TUTORIAL), run_name="__main__")
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+def test_tutorial_quick_runs(tmp_path):
+    out = run_script(TUTORIAL, "--quick", "--out", tmp_path, timeout=300)
     assert "unbiased" in out and "atlas" in out and "apgd-ce" in out
     assert (tmp_path / "co.png").stat().st_size > 1000

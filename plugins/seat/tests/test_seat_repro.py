@@ -1,8 +1,6 @@
 """Reproduction configs (strict validation, registered through the hook) and the tutorial's
 --quick mode."""
 
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +8,7 @@ import pytest
 import toolbox as tb
 from toolbox.cli import repro_configs
 from toolbox.config import load
+from toolbox.testing import run_script
 
 HERE = Path(__file__).resolve().parents[1]
 TUTORIAL = HERE.parents[1] / "tutorials" / "local_linearity_seat.py"
@@ -43,11 +42,7 @@ def test_cifar_configs_follow_the_paper_and_the_code():
 
 
 @pytest.mark.slow  # 15-20 s on a loaded machine
-def test_tutorial_quick_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(TUTORIAL), "--quick", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(TUTORIAL), run_name="__main__")
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+def test_tutorial_quick_runs(tmp_path):
+    out = run_script(TUTORIAL, "--quick", "--out", tmp_path, timeout=300)
     assert "quadratic" in out and "seat" in out and "apgd-ce" in out
     assert (tmp_path / "linearity.png").stat().st_size > 1000

@@ -1,7 +1,6 @@
 """Reproduction configs (strict validation, registered through the hook), the benchmark and
 the tutorial's --quick mode."""
 
-import runpy
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from toolbox_union.smoke import fake_cifar10, smoke_overrides, smoke_run
 import toolbox as tb
 from toolbox.cli import repro_configs
 from toolbox.config import load
+from toolbox.testing import run_script
 
 HERE = Path(__file__).resolve().parents[1]
 TUTORIAL = HERE.parents[1] / "tutorials" / "union_of_threat_models.py"
@@ -54,12 +54,8 @@ def test_table52_configs_follow_the_thesis():
 
 
 @pytest.mark.slow  # ~15-40 s on a loaded machine
-def test_tutorial_quick_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(TUTORIAL), "--quick", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(TUTORIAL), run_name="__main__")
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+def test_tutorial_quick_runs(tmp_path):
+    out = run_script(TUTORIAL, "--quick", "--out", tmp_path, timeout=300)
     assert "msd" in out and "all inside the union: True" in out and "l1" in out
     assert (tmp_path / "union_bars.png").stat().st_size > 1000
 
