@@ -638,3 +638,27 @@ def test_eval_certifiers_from_the_config(tiny_config, tmp_path, capsys, toolbox_
         C.loads(bad)
     with pytest.raises(C.ConfigError, match="already a row"):
         C.loads(text.replace("[eval.certifiers.all]", '[eval.certifiers."pgd5"]').replace("all = { min", "pgd5 = { min"))
+
+
+def test_check_repro_configs_helper(fake_plugin, tmp_path):
+    """``toolbox.testing.check_repro_configs``: returns the configs by file name, and fails
+    naming what is wrong (a missing config, the wrong quick set, a config without figures,
+    one that does not build)."""
+    from toolbox.testing import check_repro_configs
+
+    paths = fake_plugin((50.0, 5.0, True), (60.0, 5.0, False))
+    got = check_repro_configs("fakepaper", includes={"repro_1.toml"}, quick={"repro_0.toml"})
+    assert sorted(got) == ["repro_0.toml", "repro_1.toml"] and got["repro_1.toml"].name == "fake-1"
+    with pytest.raises(pytest.fail.Exception, match="does not ship repro_9.toml"):
+        check_repro_configs("fakepaper", includes={"repro_9.toml"})
+    with pytest.raises(pytest.fail.Exception, match=r"marked paper.quick = \['repro_0.toml'\]"):
+        check_repro_configs("fakepaper", quick={"repro_1.toml"})
+    # no [paper] figures: named
+    text = paths[1].read_text()
+    paths[1].write_text(text[: text.index("[paper]")])
+    with pytest.raises(pytest.fail.Exception, match="repro_1.toml: a reproduction config needs a"):
+        check_repro_configs("fakepaper")
+    # an attack that cannot be built (steps must be a positive int): the config error, unchanged
+    paths[1].write_text(text.replace('attack = "fgsm"', 'attack = "pgd"\nsteps = -1'))
+    with pytest.raises(Exception, match="steps"):
+        check_repro_configs("fakepaper")

@@ -18,11 +18,13 @@ Loaded automatically by pytest once the toolbox is installed, so every plugin's 
   or any object with ``@toolbox.hookimpl`` methods) for the test only; it is unregistered
   afterwards and the registry rebuilt.
 
-And one function for tests of runnable scripts (tutorials, examples):
+And two functions for plugin test suites:
 
-* :func:`run_script` -- runs a Python script in a fresh interpreter with one torch thread and
-  a non-interactive matplotlib backend, fails the test with the script's stderr when it exits
-  non-zero, and returns its stdout.
+* :func:`run_script` -- runs a Python script (a tutorial, an example) in a fresh interpreter
+  with one torch thread and a non-interactive matplotlib backend, fails the test with the
+  script's stderr when it exits non-zero, and returns its stdout;
+* :func:`check_repro_configs` -- checks every reproduction config a plugin ships (found
+  through its hook, loads, states the paper's figures, builds) and returns them by file name.
 """
 
 from __future__ import annotations
@@ -291,3 +293,48 @@ def run_script(path: str | os.PathLike, *args: str, timeout: float = 600, thread
     if proc.returncode != 0:
         pytest.fail(f"{path} exited with {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def check_repro_configs(plugin: str, *, includes: Any = (), quick: Any = None) -> dict[str, Any]:
+    """Check the reproduction configs ``plugin`` ships and return them as ``{file name:
+    ExperimentConfig}``.
+
+    For every path the plugin's ``toolbox_repro_configs`` hook returns (what ``toolbox repro
+    PLUGIN`` runs): the file loads under the strict schema (which also checks that each
+    expected figure names a row the evaluation reports), it has a ``[paper]`` table with at
+    least one expected figure, and its model, defense, evaluation attacks and certifiers
+    build.  ``includes``: file names that must be among the configs; ``quick``: when given,
+    the exact set of file names marked ``paper.quick = true`` (the CPU scale-downs that
+    ``toolbox repro PLUGIN --quick`` and the test suite run).  Failures name the file::
+
+        configs = check_repro_configs("fastat", includes={"mnist_fgsm_rs_cpu.toml"},
+                                      quick={"mnist_fgsm_rs_cpu.toml"})
+        assert configs["mnist_fgsm_rs_cpu.toml"].train.epochs == 3
+    """
+    from .cli import repro_configs
+    from .config import load
+
+    paths = repro_configs(plugin)
+    if not paths:
+        pytest.fail(f"plugin {plugin!r} ships no reproduction configs")
+    out: dict[str, Any] = {}
+    for path in paths:
+        name = Path(path).name
+        if name in out:
+            pytest.fail(f"plugin {plugin!r} lists two configs named {name}")
+        cfg = load(path)
+        if cfg.paper is None or not cfg.paper.expect:
+            pytest.fail(f"{name}: a reproduction config needs a [paper] table with expected figures")
+        cfg.build_model()
+        cfg.build_defense()
+        cfg.build_eval_attacks()
+        cfg.build_eval_certifiers()
+        out[name] = cfg
+    missing = sorted(set(includes) - set(out))
+    if missing:
+        pytest.fail(f"plugin {plugin!r} does not ship {', '.join(missing)} (it ships {', '.join(sorted(out))})")
+    if quick is not None:
+        marked = {n for n, c in out.items() if c.paper.quick}
+        if marked != set(quick):
+            pytest.fail(f"plugin {plugin!r}: configs marked paper.quick = {sorted(marked)}, expected {sorted(quick)}")
+    return out

@@ -107,7 +107,8 @@ def test_registered_through_entry_point():
     assert "atas-gradnorm" in tb.names("callback")
     plugins = tb.plugins()
     assert "atas" in set(plugins.iloc[:, 0].astype(str)) or "atas" in plugins.to_string()
-    from toolbox.cli import repro_configs
+    from toolbox.testing import check_repro_configs
 
-    names = {p.name for p in repro_configs("atas")}
-    assert "mnist_atas_cpu.toml" in names and "cifar10_atas_preactresnet18.toml" in names
+    configs = check_repro_configs("atas", includes={"cifar10_atas_preactresnet18.toml"},
+                                  quick={"mnist_atas_cpu.toml"})
+    assert {c.build_defense().name for c in configs.values()} == {"atas", "atta"}

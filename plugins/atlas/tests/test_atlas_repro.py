@@ -7,9 +7,8 @@ import pytest
 from toolbox_atlas import FGSMKL, MultiTargeted
 
 import toolbox as tb
-from toolbox.cli import repro_configs
 from toolbox.config import load
-from toolbox.testing import run_script
+from toolbox.testing import check_repro_configs, run_script
 from toolbox.train.guided import GuidedLR
 
 HERE = Path(__file__).resolve().parents[1]
@@ -17,19 +16,13 @@ TUTORIAL = HERE.parents[1] / "tutorials" / "local_stability_atlas.py"
 
 
 def test_repro_configs_are_registered_and_valid():
-    paths = repro_configs("atlas")
-    names = {p.name for p in paths}
-    assert {"mnist_atlas_paper.toml", "mnist_adv_paper.toml", "mnist_trades_paper.toml", "mnist_atlas20_paper.toml",
-            "mnist_atlas_cpu.toml", "cifar10_atlas.toml"} <= names
-    quick = []
-    for p in paths:
-        cfg = load(p)
+    configs = check_repro_configs(
+        "atlas", includes={"mnist_atlas_paper.toml", "mnist_adv_paper.toml", "mnist_trades_paper.toml",
+                           "mnist_atlas20_paper.toml", "cifar10_atlas.toml"},
+        quick={"mnist_atlas_cpu.toml"})
+    for name, cfg in configs.items():
         d = cfg.build_defense()
-        assert isinstance(d, tb.Defense) and d.name == ("trades" if "trades" in p.name else "atlas")
-        assert cfg.paper is not None
-        if cfg.paper.quick:
-            quick.append(p.name)
-    assert quick == ["mnist_atlas_cpu.toml"]
+        assert isinstance(d, tb.Defense) and d.name == ("trades" if "trades" in name else "atlas")
 
 
 def test_mnist_table1_configs_follow_the_paper():

@@ -8,15 +8,18 @@ scale-down (10,000 images, 4 epochs, 500 certified test images) runs in ``tox -e
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import toolbox_convex
 import torch
 from toolbox_convex.certifier import DualNetworkCertifier
 
-from toolbox.cli import main, repro_configs, repro_rows, run_experiment
+from toolbox.cli import main, repro_rows, run_experiment
 from toolbox.config import load
 from toolbox.plugins import repro_dir as _repro_dir
+from toolbox.testing import check_repro_configs
 
 
 def repro_dir():
@@ -30,10 +33,9 @@ PAPER_CERTIFIED = {"mnist_convex_cpu": 100 - 5.82, "mnist_convex_table31": 100 -
 
 
 def test_repro_configs_are_registered_and_certify_exactly():
-    paths = repro_configs("convex")
-    assert {p.stem for p in paths} == set(PAPER_CERTIFIED)
-    for p in paths:
-        cfg = load(p)
+    configs = check_repro_configs("convex", quick={"mnist_convex_cpu.toml"})
+    assert {Path(n).stem for n in configs} == set(PAPER_CERTIFIED)
+    for p, cfg in ((Path(n), c) for n, c in configs.items()):
         assert cfg.defense.name == "convex"
         eps = cfg.defense.threat.kwargs["eps"]
         # the certified row: the dual network with exact bounds (no projections) at the config's eps
@@ -50,10 +52,8 @@ def test_repro_configs_are_registered_and_certify_exactly():
         assert e.tolerance is not None and e.source
         # sound bounds: the certified figure must not exceed the clean one
         assert e.value <= figures["clean"].value
-    quick = [load(p) for p in paths if load(p).paper.quick]
-    assert [c.name for c in quick] == ["convex-mnist-cpu"]
     # every [eval] n image is certified: about a minute at ~8 exact Wide(1) images/s on one thread
-    assert quick[0].eval.n <= 600
+    assert configs["mnist_convex_cpu.toml"].eval.n <= 600
     t31 = load(repro_dir() / "mnist_convex_table31.toml")
     assert {e.metric: e.value for e in t31.paper.expect}["clean"] == pytest.approx(98.20)
 

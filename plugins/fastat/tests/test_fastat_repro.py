@@ -3,34 +3,24 @@ and the CPU scale-down carries the issue's thresholds."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from toolbox_fastat.plugin import repro_dir, toolbox_repro_configs
 
 import toolbox as tb
 from toolbox.config import load
+from toolbox.testing import check_repro_configs
 
 
 def test_hook_lists_valid_configs():
     paths = toolbox_repro_configs()
-    assert paths and all(isinstance(p, Path) and p.suffix == ".toml" for p in paths)
-    assert {p.name for p in paths} >= {"mnist_fgsm_rs_cpu.toml", "mnist_fgsm_rs_paper.toml",
-                                         "cifar10_fgsm_rs_30ep.toml", "cifar10_free_m8.toml"}
     assert all(p.parent == repro_dir() for p in paths)
     # the hook is wired into the plugin manager (what `toolbox repro fastat` reads)
-    from toolbox.plugins import system
-
-    impls = {i.plugin_name for i in system().pm.hook.toolbox_repro_configs.get_hookimpls()}
-    assert "fastat" in impls
-    quick = []
-    for p in paths:
-        cfg = load(p)
-        assert cfg.paper is not None and cfg.paper.expect, p
+    configs = check_repro_configs("fastat", includes={"mnist_fgsm_rs_paper.toml", "cifar10_fgsm_rs_30ep.toml",
+                                                      "cifar10_free_m8.toml"},
+                                  quick={"mnist_fgsm_rs_cpu.toml"})
+    assert set(configs) == {p.name for p in paths}
+    for cfg in configs.values():
         d = cfg.build_defense()
         assert isinstance(d, tb.Defense) and d.name in tb.names("defense")
-        if cfg.paper.quick:
-            quick.append(cfg)
-    assert len(quick) == 1
 
 
 def test_cpu_scaledown_config_is_the_paper_recipe_with_the_issue_bands():

@@ -6,27 +6,19 @@ from pathlib import Path
 import pytest
 
 import toolbox as tb
-from toolbox.cli import repro_configs
 from toolbox.config import load
-from toolbox.testing import run_script
+from toolbox.testing import check_repro_configs, run_script
 
 HERE = Path(__file__).resolve().parents[1]
 TUTORIAL = HERE.parents[1] / "tutorials" / "local_linearity_seat.py"
 
 
 def test_repro_configs_are_registered_and_valid():
-    paths = repro_configs("seat")
-    names = {p.name for p in paths}
-    assert {"cifar10_seat.toml", "cifar10_seat_code.toml", "mnist_seat_cpu.toml"} <= names
-    quick = []
-    for p in paths:
-        cfg = load(p)
+    configs = check_repro_configs("seat", includes={"cifar10_seat.toml", "cifar10_seat_code.toml"},
+                                  quick={"mnist_seat_cpu.toml"})
+    for cfg in configs.values():
         d = cfg.build_defense()
         assert isinstance(d, tb.Defense) and d.name == "seat"
-        assert cfg.paper is not None
-        if cfg.paper.quick:
-            quick.append(p.name)
-    assert quick == ["mnist_seat_cpu.toml"]
 
 
 def test_cifar_configs_follow_the_paper_and_the_code():

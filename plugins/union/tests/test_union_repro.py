@@ -11,7 +11,7 @@ from toolbox_union.smoke import fake_cifar10, smoke_overrides, smoke_run
 import toolbox as tb
 from toolbox.cli import repro_configs
 from toolbox.config import load
-from toolbox.testing import run_script
+from toolbox.testing import check_repro_configs, run_script
 
 HERE = Path(__file__).resolve().parents[1]
 TUTORIAL = HERE.parents[1] / "tutorials" / "union_of_threat_models.py"
@@ -19,18 +19,11 @@ TABLE52 = {"p_inf": 1.4, "p_2": 0.4, "p_1": 0.0, "worst_pgd": 53.7, "pgd_aug": 1
 
 
 def test_repro_configs_are_registered_and_valid():
-    paths = repro_configs("union")
-    names = {p.name for p in paths}
-    assert {f"mnist_table52_{k}.toml" for k in TABLE52} | {"cifar10_msd.toml", "mnist_msd_cpu.toml"} <= names
-    quick = []
-    for p in paths:
-        cfg = load(p)
-        cfg.build_defense()
+    configs = check_repro_configs("union", includes={f"mnist_table52_{k}.toml" for k in TABLE52} | {"cifar10_msd.toml"},
+                                  quick={"mnist_msd_cpu.toml"})
+    for cfg in configs.values():
         atks = cfg.build_eval_attacks()
         assert {a.threat.name for a in atks.values()} == {"linf", "l2", "l1"}
-        if cfg.paper.quick:
-            quick.append(p.name)
-    assert quick == ["mnist_msd_cpu.toml"]
 
 
 def test_table52_configs_follow_the_thesis():

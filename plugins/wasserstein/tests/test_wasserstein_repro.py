@@ -12,30 +12,27 @@ from toolbox_wasserstein import WassersteinAT, WassersteinPGD
 from toolbox_wasserstein.plugin import repro_dir, toolbox_repro_configs
 
 from toolbox.config import load
+from toolbox.testing import check_repro_configs
 
 
 def test_hook_lists_valid_configs():
     paths = toolbox_repro_configs()
-    assert {p.name for p in paths} >= {"mnist_standard_cpu.toml", "mnist_binarized_cpu.toml", "mnist_paper.toml",
-                                         "mnist_wasserstein_at_paper.toml",
-                                         "cifar10_wasserstein_at_paper.toml"}
     assert all(isinstance(p, Path) and p.parent == repro_dir() for p in paths)
-    quick = []
-    for p in paths:
-        cfg = load(p)
-        assert cfg.paper is not None and cfg.paper.expect, p
-        for name, atk in cfg.build_eval_attacks().items():
-            assert isinstance(atk, WassersteinPGD), name
+    configs = check_repro_configs(
+        "wasserstein", includes={"mnist_paper.toml", "mnist_binarized_paper.toml",
+                                 "mnist_wasserstein_at_paper.toml", "cifar10_wasserstein_at_paper.toml"},
+        quick={"mnist_standard_cpu.toml", "mnist_binarized_cpu.toml"})
+    assert set(configs) == {p.name for p in paths}
+    for name, cfg in configs.items():
+        for key, atk in cfg.build_eval_attacks().items():
+            assert isinstance(atk, WassersteinPGD), (name, key)
             # the schedule stops at the last radius below the reported one
             e0, g, top = atk.eps0, atk.growth, float(atk.threat.eps)
             last = e0 * g ** ((atk.steps - 1) // atk.every)
-            assert last < top < e0 * g ** ((atk.steps - 1) // atk.every + 1) + 1e-9, name
+            assert last < top < e0 * g ** ((atk.steps - 1) // atk.every + 1) + 1e-9, (name, key)
             assert atk.threat.p == 1 and atk.threat.kernel_size == 5
         if cfg.build_defense().name == "wasserstein-at":
             assert isinstance(cfg.build_defense(), WassersteinAT)
-        if cfg.paper.quick:
-            quick.append(cfg.name)
-    assert sorted(quick) == ["wasserstein-mnist-binarized-cpu", "wasserstein-mnist-standard-cpu"]
 
 
 def _scaledown(name: str):
