@@ -1,5 +1,6 @@
-"""The digest's correctness checks 5.5 items 4, 6 and 7 for projected Sinkhorn: the
-pixel-shift projection, monotonicity in eps, and exact block ascent of the dual."""
+"""The digest's correctness checks 5.5 items 3, 4, 6 and 7 for projected Sinkhorn: agreement
+with the exact quadratic program as the entropy weight vanishes, the pixel-shift projection,
+monotonicity in eps, and exact block ascent of the dual."""
 
 from __future__ import annotations
 
@@ -88,3 +89,66 @@ def test_dual_ascent_is_monotone_over_the_alpha_and_beta_steps():
     assert ((rows - x).abs().flatten(1).sum(1) < 0.05).all()
     cols = (beta + S._lse_fast(alpha, logk, k)).exp()
     assert torch.allclose(cols, wz / lam, rtol=1e-9)
+
+
+def _exact_projection(x: torch.Tensor, w: torch.Tensor, eps: float, p: float, k: int):
+    """The unregularised projection (thesis eq. 5.3) of one ``(1, H, W)`` image by SLSQP over
+    the window entries of the plan: ``min ½||w - Πᵀ1||²`` s.t. ``Π >= 0``, ``Π1 = x``,
+    ``<Π, C> <= eps``.  Returns ``(z, objective)``."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    _, h, wd = x.shape
+    r = k // 2
+    src, dst, cost = [], [], []
+    for i in range(h):
+        for j in range(wd):
+            for a in range(-r, r + 1):
+                for b in range(-r, r + 1):
+                    if 0 <= i + a < h and 0 <= j + b < wd:
+                        src.append(i * wd + j)
+                        dst.append((i + a) * wd + j + b)
+                        cost.append((a * a + b * b) ** (p / 2))
+    src, dst, cost = np.asarray(src), np.asarray(dst), np.asarray(cost)
+    xs, ws = x.flatten().numpy(), w.flatten().numpy()
+    n, nv = xs.size, cost.size
+    rows = np.zeros((n, nv))
+    rows[src, np.arange(nv)] = 1
+    cols = np.zeros((n, nv))
+    cols[dst, np.arange(nv)] = 1
+    has = xs > 0
+    start = np.where(src == dst, xs[src], 0.0)  # the identity plan: feasible
+    res = minimize(lambda v: 0.5 * np.sum((cols @ v - ws) ** 2), start,
+                   jac=lambda v: cols.T @ (cols @ v - ws), method="SLSQP",
+                   bounds=[(0, None) if has[s] else (0, 0) for s in src],
+                   constraints=[{"type": "eq", "fun": lambda v: rows[has] @ v - xs[has],
+                                 "jac": lambda v: rows[has]},
+                                {"type": "ineq", "fun": lambda v: eps - cost @ v,
+                                 "jac": lambda v: -cost[None]}],
+                   options={"ftol": 1e-15, "maxiter": 2000})
+    assert res.success, res.message
+    return torch.tensor(cols @ res.x).view_as(x), float(res.fun)
+
+
+def test_projection_tends_to_the_exact_quadratic_program():
+    """Check 3: as the entropy weight ``reg = 1/λ`` shrinks, projected Sinkhorn's answer
+    approaches the exact projection; the exact objective is never above the (feasible)
+    Sinkhorn point's, and both are inside the ball by the exact LP."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 4, 4, generator=g, dtype=torch.float64)
+    x[x < 0.25] = 0  # some empty pixels
+    x = x / x.sum()
+    w = x + 0.03 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    eps = 0.1
+    zq, fq = _exact_projection(x[0], w[0], eps, p=1, k=3)
+    assert wasserstein_lp(x[0], zq.clamp_min(0), p=1, kernel_size=3) <= eps + 1e-6
+    assert 0.5 * float(((w - x) ** 2).sum()) > fq + 1e-4  # the constraint binds: w is outside
+    dist = []
+    for reg in (1e-1, 1e-2, 1e-3):
+        z, cost = projected_sinkhorn(x, w, eps, p=1, kernel_size=3, reg=reg, iters=1000, tol=1e-10)
+        assert float(cost) <= eps * (1 + 1e-9)
+        assert wasserstein_lp(x[0], z[0], p=1, kernel_size=3) <= eps + 1e-9
+        assert fq <= 0.5 * float(((w - z) ** 2).sum()) + 1e-12
+        dist.append(float((z[0] - zq).norm()))
+    assert dist[0] > dist[1] > dist[2], dist
+    assert dist[2] < 0.25 * dist[1] and dist[2] < 0.05 * float((w - x).norm()), dist
