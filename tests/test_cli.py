@@ -660,5 +660,5 @@ def test_check_repro_configs_helper(fake_plugin, tmp_path):
         check_repro_configs("fakepaper")
     # an attack that cannot be built (steps must be a positive int): the config error, unchanged
     paths[1].write_text(text.replace('attack = "fgsm"', 'attack = "pgd"\nsteps = -1'))
-    with pytest.raises(Exception, match="steps"):
+    with pytest.raises(pytest.fail.Exception, match=r"repro_1.toml: \w*Error: .*steps"):
         check_repro_configs("fakepaper")

@@ -322,13 +322,16 @@ def check_repro_configs(plugin: str, *, includes: Any = (), quick: Any = None) -
         name = Path(path).name
         if name in out:
             pytest.fail(f"plugin {plugin!r} lists two configs named {name}")
-        cfg = load(path)
+        try:
+            cfg = load(path)
+            cfg.build_model()
+            cfg.build_defense()
+            cfg.build_eval_attacks()
+            cfg.build_eval_certifiers()
+        except Exception as exc:  # name the file: the config errors name only the table
+            pytest.fail(f"{name}: {type(exc).__name__}: {exc}")
         if cfg.paper is None or not cfg.paper.expect:
             pytest.fail(f"{name}: a reproduction config needs a [paper] table with expected figures")
-        cfg.build_model()
-        cfg.build_defense()
-        cfg.build_eval_attacks()
-        cfg.build_eval_certifiers()
         out[name] = cfg
     missing = sorted(set(includes) - set(out))
     if missing:
