@@ -269,7 +269,29 @@ def test_progress_bar_on_and_off(cnn, test_xy, capsys, monkeypatch):
     quiet_evaluate(cnn, test_xy, n=50, progress=True)
     assert "evaluate" in capsys.readouterr().err
     monkeypatch.setenv("CI", "1")
-    quiet_evaluate(cnn, test_xy, n=50)  # progress=None: off in CI
+    quiet_evaluate(cnn, test_xy, n=50)  # progress=None in CI: status lines, none for short work
+    assert capsys.readouterr().err == ""
+
+
+def test_status_lines_are_throttled(capsys):
+    """Off a terminal long work prints a plain line at most every ``every`` seconds and a
+    closing line; short work prints nothing."""
+    from toolbox import eval as ev
+
+    ticks = iter([0.0, 10.0, 31.0, 45.0, 70.0, 71.0])
+    st = ev.StatusLines("evaluate", 400, clock=lambda: next(ticks))  # starts at t = 0
+    st.update(100, clean=0.99)  # t = 10: too soon
+    st.update(200, clean=0.98, worst=0.5)  # t = 31: a line
+    st.update(300, clean=0.98)  # t = 45: too soon
+    st.update(400, clean=0.97)  # t = 70: a line
+    st.close()  # t = 71: the last update's figures
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["evaluate: 200/400 examples (50 %), clean 0.980, worst 0.500, 0.5 min",
+                   "evaluate: 400/400 examples (100 %), clean 0.970, 1.2 min",
+                   "evaluate: 400/400 examples (100 %), clean 0.970, 1.2 min (done)"]
+    quiet = ev.StatusLines("evaluate", 10)
+    quiet.update(10)
+    quiet.close()
     assert capsys.readouterr().err == ""
 
 

@@ -246,15 +246,58 @@ def _describe(threat: Any) -> str:
     return f"{getattr(threat, 'name', type(threat).__name__)} eps={_eps_value(threat):.4g}"
 
 
-def _show_progress(progress: bool | None) -> bool:
+def _progress_mode(progress: bool | None) -> str | None:
+    """How long work reports itself on stderr: ``"bar"`` (a tqdm bar: ``progress=True``, or
+    ``None`` on a TTY outside CI), ``"lines"`` (``None`` elsewhere: logs, batch jobs, tox --
+    a plain status line now and then, see :class:`StatusLines`) or ``None`` (``False``)."""
     if progress is not None:
-        return bool(progress)
+        return "bar" if progress else None
     if os.environ.get("CI"):
-        return False
+        return "lines"
     try:
-        return bool(sys.stderr.isatty())
+        return "bar" if sys.stderr.isatty() else "lines"
     except (AttributeError, ValueError):
-        return False
+        return "lines"
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return _progress_mode(progress) == "bar"
+
+
+class StatusLines:
+    """Plain progress lines on stderr for runs without a terminal (log files, batch jobs): at
+    most one line per ``every`` seconds (default 30), so short work prints nothing, and a
+    closing line when anything was printed.  ``update(done, **stats)`` after each unit of
+    work (``done`` out of ``total`` units).  ``clock``: seconds, ``time.perf_counter`` by
+    default."""
+
+    def __init__(self, desc: str, total: int | None, unit: str = "examples", every: float = 30.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.desc, self.total, self.unit, self.every, self.clock = desc, total, unit, float(every), clock
+        self.start = self.last = clock()
+        self.printed = False
+        self.done = 0
+        self.stats: dict[str, Any] = {}
+
+    def _line(self, done: int, stats: dict[str, Any], now: float) -> str:
+        of = f"/{self.total}" if self.total else ""
+        pct = f" ({100 * done / self.total:.0f} %)" if self.total else ""
+        extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in stats.items())
+        return f"{self.desc}: {done}{of} {self.unit}{pct}{extra}, {(now - self.start) / 60:.1f} min"
+
+    def update(self, done: int, **stats: Any) -> None:
+        self.done, self.stats = done, stats
+        now = self.clock()
+        if now - self.last >= self.every:
+            print(self._line(done, stats, now), file=sys.stderr, flush=True)
+            self.last, self.printed = now, True
+
+    def close(self, **stats: Any) -> None:
+        """The closing line (with ``stats``, else the last update's), if any line was printed."""
+        if self.printed:
+            line = self._line(self.done, stats or self.stats, self.clock())
+            print(line + " (done)", file=sys.stderr, flush=True)
+            self.printed = False
 
 
 class _Flags:
@@ -378,7 +421,9 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
         seed: each attack gets, per batch, a fresh ``torch.Generator`` seeded from
             ``(seed, attack name, batch number)``: a seeded evaluation is reproducible and does
             not depend on the input type or the other attacks (without cascade).
-        progress: tqdm bar on stderr; ``None`` shows it when stderr is a TTY and ``CI`` is unset.
+        progress: ``True``: a tqdm bar on stderr; ``False``: silent; ``None``: the bar on a
+            TTY outside CI, elsewhere (logs, batch jobs) a plain status line at most every 30 s
+            (nothing for short runs).
         groups: row name -> attack names: one more ``worst-case`` row per group, robust when
             robust against every attack of the group (e.g. ``{"pgd@0.3": ["pgd-ce@0.3",
             "pgd-cw@0.3"]}``: a paper's "worst of CE and CW restarts" at one radius, beside
@@ -434,11 +479,14 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
     cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("index", "label", "pred", "clean_correct",
                                                             *atks, "worst_case", *certs)}
     seen = 0
-    bar = None
-    if _show_progress(progress):
+    bar = status = None
+    mode = _progress_mode(progress)
+    if mode == "bar":
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="evaluate", unit="ex", file=sys.stderr, leave=False)
+    elif mode == "lines":
+        status = StatusLines("evaluate", total)
     moved = home is not None and home != dev
     try:
         if moved:
@@ -502,13 +550,19 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
                 cols["clean_correct"].append(ok.cpu())
                 cols["worst_case"].append(robust.cpu())
                 seen += x.shape[0]
-                if bar is not None:
-                    bar.update(x.shape[0])
-                    bar.set_postfix(clean=f"{float(torch.cat(cols['clean_correct']).float().mean()):.3f}",
-                                    worst=f"{float(torch.cat(cols['worst_case']).float().mean()):.3f}")
+                if bar is not None or status is not None:
+                    running = {"clean": float(torch.cat(cols["clean_correct"]).float().mean()),
+                               "worst": float(torch.cat(cols["worst_case"]).float().mean())}
+                    if bar is not None:
+                        bar.update(x.shape[0])
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
+                    else:
+                        status.update(seen, **running)
     finally:
         if bar is not None:
             bar.close()
+        if status is not None:
+            status.close()
         if moved:
             model.to(home)
     if seen == 0:
@@ -623,11 +677,14 @@ def robustness_curve(model: nn.Module, data: Any, attack: Attack, eps_list: Sequ
     rows: list[dict[str, Any]] = []
     messages: list[str] = []
     nested: torch.Tensor | None = None
-    bar = None
-    if _show_progress(progress):
+    bar = status = None
+    mode = _progress_mode(progress)
+    if mode == "bar":
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(grid), desc="robustness curve", unit="eps", file=sys.stderr, leave=False)
+    elif mode == "lines":
+        status = StatusLines("robustness curve", len(grid), unit="radii")
     try:
         for e in grid:
             atks = {} if e == 0 else {name: attack.with_eps(e)}
@@ -657,9 +714,13 @@ def robustness_curve(model: nn.Module, data: Any, attack: Attack, eps_list: Sequ
             messages += [m for m in rep.attrs["warnings"] if m not in messages]
             if bar is not None:
                 bar.update(1)
+            if status is not None:
+                status.update(len(rows), eps=e, accuracy=r["accuracy"])
     finally:
         if bar is not None:
             bar.close()
+        if status is not None:
+            status.close()
     df = pd.DataFrame(rows)
     df.attrs["attack"] = name
     df.attrs["threat"] = attack.threat.name
