@@ -285,6 +285,21 @@ def test_data_order_is_seeded_and_reshuffled_each_epoch(small):
     assert sorted(torch.cat(a[:2]).tolist()) == list(range(200))
 
 
+def test_second_fit_call_trains_more_epochs_from_the_current_weights(small):
+    """fit(d, 1) then fit(d, 2) on one Trainer: three epochs of updates, the second call's
+    history holds its own two epochs (counting starts over), the weights carry over."""
+    tr = Trainer(tiny(), tb.defense("standard"), batch_size=100, seed=0)
+    tr.fit(small, epochs=1)
+    after_one = weights(tr.model)
+    hist = tr.fit(small, epochs=2)
+    assert list(hist["epoch"]) == [0, 1] and list(hist["step"]) == [2, 4]
+    assert any(not torch.equal(after_one[k], v) for k, v in weights(tr.model).items())
+    # a fresh Trainer's 2 epochs from the same start differ from the 1 + 2 above
+    fresh = Trainer(tiny(), tb.defense("standard"), batch_size=100, seed=0)
+    fresh.fit(small, epochs=2)
+    assert any(not torch.equal(fresh.model.state_dict()[k], v) for k, v in weights(tr.model).items())
+
+
 # ----------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, match", [
     ({"model": None}, "model"),

@@ -350,6 +350,11 @@ class Trainer:
         for the latest one in ``run_dir/checkpoints`` (a fresh start when there is none); the
         run then continues exactly where the checkpoint left off.  Returns the history as a
         ``pandas.DataFrame`` (one row per epoch, including those before the resume point).
+
+        Calling ``fit`` again on the same Trainer without ``resume`` trains ``epochs`` *more*
+        epochs from the current weights (optimizer state and store kept; the epoch count,
+        schedules and history start over, as in Keras): ``fit(d, 2)`` then ``fit(d, 3)`` is
+        five epochs.  To continue one run to a larger total, checkpoint it and pass ``resume``.
         """
         import pandas as pd
 
