@@ -13,6 +13,7 @@ from toolbox_wasserstein import (
     conjugate_sinkhorn,
     wasserstein_support,
 )
+from toolbox_wasserstein.sinkhorn import local_plan_entries
 
 import toolbox as tb
 
@@ -22,20 +23,11 @@ def _lp_support(x: torch.Tensor, c: torch.Tensor, eps: float, p: float, k: int =
     from scipy.optimize import linprog
 
     xs, cs = x[0].numpy(), c[0].numpy()
-    h, w = xs.shape
-    r = k // 2
-    src, obj, cst = [], [], []
-    for i in range(h):
-        for j in range(w):
-            for a in range(-r, r + 1):
-                for b in range(-r, r + 1):
-                    if 0 <= i + a < h and 0 <= j + b < w:
-                        src.append(i * w + j)
-                        obj.append(cs[i + a, j + b])
-                        cst.append((a * a + b * b) ** (p / 2))
-    a_eq = np.zeros((h * w, len(obj)))
+    src, dst, cst = local_plan_entries((1, *xs.shape), k, p)
+    obj = cs.flatten()[dst]
+    a_eq = np.zeros((xs.size, len(obj)))
     a_eq[src, np.arange(len(obj))] = 1
-    res = linprog(-np.asarray(obj), A_ub=np.asarray([cst]), b_ub=[eps], A_eq=a_eq,
+    res = linprog(-np.asarray(obj), A_ub=cst[None], b_ub=[eps], A_eq=a_eq,
                   b_eq=xs.flatten(), bounds=(0, None), method="highs")
     assert res.status == 0
     return -res.fun

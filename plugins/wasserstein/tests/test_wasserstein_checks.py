@@ -98,18 +98,7 @@ def _exact_projection(x: torch.Tensor, w: torch.Tensor, eps: float, p: float, k:
     import numpy as np
     from scipy.optimize import minimize
 
-    _, h, wd = x.shape
-    r = k // 2
-    src, dst, cost = [], [], []
-    for i in range(h):
-        for j in range(wd):
-            for a in range(-r, r + 1):
-                for b in range(-r, r + 1):
-                    if 0 <= i + a < h and 0 <= j + b < wd:
-                        src.append(i * wd + j)
-                        dst.append((i + a) * wd + j + b)
-                        cost.append((a * a + b * b) ** (p / 2))
-    src, dst, cost = np.asarray(src), np.asarray(dst), np.asarray(cost)
+    src, dst, cost = S.local_plan_entries(tuple(x.shape), k, p)
     xs, ws = x.flatten().numpy(), w.flatten().numpy()
     n, nv = xs.size, cost.size
     rows = np.zeros((n, nv))

@@ -20,7 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["local_cost", "lambertw_exp", "sinkhorn_distance", "projected_sinkhorn", "wasserstein_lp"]
+__all__ = ["local_cost", "lambertw_exp", "sinkhorn_distance", "projected_sinkhorn", "wasserstein_lp",
+           "local_plan_entries"]
 
 _TINY = 1e-300  # mass floor inside logarithms (float64): log(0) would give -inf - (-inf) = nan
 
@@ -308,6 +309,28 @@ def projected_sinkhorn(x: torch.Tensor, w: torch.Tensor, eps: float | torch.Tens
     return z.clamp_min(0), plan_cost * theta
 
 
+def local_plan_entries(shape: tuple[int, int, int], kernel_size: int | None, p: float):
+    """The entries of a local transport plan on images of ``shape`` ``(C, H, W)``, for exact
+    LP / QP oracles on tiny images: numpy arrays ``(src, dst, cost)`` of the flat source and
+    target pixel index and the cost ``||offset||_2^p`` of every move within one channel at
+    offset ``|da|, |db| <= kernel_size // 2`` (any offset when ``kernel_size`` is None),
+    source-major.  ``O(C (H W)^2)`` entries at most."""
+    import numpy as np
+
+    c, h, w = shape
+    r = h + w if kernel_size is None else kernel_size // 2
+    src, dst, cst = [], [], []
+    for ch in range(c):
+        for i in range(h):
+            for j in range(w):
+                for a in range(max(-r, -i), min(r, h - 1 - i) + 1):
+                    for b in range(max(-r, -j), min(r, w - 1 - j) + 1):
+                        src.append((ch * h + i) * w + j)
+                        dst.append((ch * h + i + a) * w + j + b)
+                        cst.append((a * a + b * b) ** (p / 2))
+    return np.asarray(src), np.asarray(dst), np.asarray(cst, dtype=np.float64)
+
+
 def wasserstein_lp(x: torch.Tensor, y: torch.Tensor, *, p: float = 2,
                    kernel_size: int | None = None) -> float:
     """Exact optimal-transport cost between one pair of mass-normalised images by linear
@@ -329,17 +352,7 @@ def wasserstein_lp(x: torch.Tensor, y: torch.Tensor, *, p: float = 2,
     b = y.double().clamp_min(0).flatten().numpy()
     a, b = a / a.sum(), b / b.sum()
     c, h, wd = x.shape
-    r = math.inf if kernel_size is None else kernel_size // 2
-    src, dst, cst = [], [], []
-    for ch in range(c):
-        for i in range(h):
-            for j in range(wd):
-                for k in range(h):
-                    for m in range(wd):
-                        if abs(i - k) <= r and abs(j - m) <= r:
-                            src.append((ch * h + i) * wd + j)
-                            dst.append((ch * h + k) * wd + m)
-                            cst.append(((i - k) ** 2 + (j - m) ** 2) ** (p / 2))
+    src, dst, cst = local_plan_entries((c, h, wd), kernel_size, p)
     nv, npx = len(cst), a.size
     cols = np.arange(nv)
     a_eq = coo_matrix((np.ones(2 * nv), (np.concatenate([src, npx + np.asarray(dst)]),
