@@ -3,28 +3,16 @@ sound for every slope in [0, 1], and equal to the triangle-relaxation LP on one 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from toolbox_convex import DualNetwork, margin_lower_bounds, optimized_margin_bounds
+from toolbox_convex.oracles import one_hidden_layer_lp
+from toolbox_convex.oracles import random_mlp as rand_net
 
 torch.set_num_threads(1)
 
 
-def _bounds_helpers():
-    """``rand_net`` and the one-hidden-layer LP of test_convex_bounds.py (loaded by path)."""
-    path = Path(__file__).with_name("test_convex_bounds.py")
-    spec = importlib.util.spec_from_file_location("_convex_bounds_helpers_alpha", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_H = _bounds_helpers()
-rand_net, _one_hidden_lp = _H.rand_net, _H._one_hidden_lp
 
 
 def _case(sizes: list[int], seed: int, n: int = 6):
@@ -85,8 +73,8 @@ def test_one_hidden_layer_optimized_equals_the_triangle_lp(seed):
                 continue
             c = np.zeros(3)
             c[int(y[i])], c[j] = 1.0, -1.0
-            lp_tri = _one_hidden_lp(model, x[i].numpy(), eps, c, triangle=True)
-            lp_dual = _one_hidden_lp(model, x[i].numpy(), eps, c, triangle=False)
+            lp_tri = one_hidden_layer_lp(model, x[i].numpy(), eps, c, triangle=True)
+            lp_dual = one_hidden_layer_lp(model, x[i].numpy(), eps, c, triangle=False)
             assert default[i, j].item() == pytest.approx(lp_dual, abs=1e-7)
             assert opt[i, j].item() <= lp_tri + 1e-7            # sound w.r.t. the LP optimum
             assert lp_tri - opt[i, j].item() <= 1e-4 * max(1.0, abs(lp_tri))
@@ -126,7 +114,7 @@ def test_every_alpha_gives_a_valid_bound(sizes):
                     continue
                 cc = np.zeros(k)
                 cc[int(y[i])], cc[j] = 1.0, -1.0
-                lp_tri = _one_hidden_lp(model, x[i].numpy(), eps, cc, triangle=True)
+                lp_tri = one_hidden_layer_lp(model, x[i].numpy(), eps, cc, triangle=True)
                 assert max(b[i, j].item() for b in trials) <= lp_tri + 1e-7
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linprog
 from toolbox_convex import (
     DualNetwork,
     DualNetworkCertifier,
@@ -14,32 +13,14 @@ from toolbox_convex import (
     dual_bounds,
     margin_lower_bounds,
 )
+from toolbox_convex.oracles import one_hidden_layer_lp
+from toolbox_convex.oracles import random_mlp as rand_net
+from toolbox_convex.oracles import small_conv_net as conv_net
 from torch import nn
 
 import toolbox as tb
 
 torch.set_num_threads(1)
-
-
-def rand_net(sizes: list[int], seed: int, scale: float = 0.6) -> nn.Sequential:
-    g = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        lin = nn.Linear(a, b)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=g) * scale)
-            lin.bias.copy_(torch.randn(b, generator=g) * 0.3)
-        layers.append(lin)
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers).eval()
-
-
-def conv_net(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(96, 12), nn.ReLU(), nn.Linear(12, 10)).eval()
 
 
 def true_margins(model, x, y):
@@ -110,48 +91,6 @@ def test_bound_below_pgd_and_sampled_margins(norm, eps, digits_data):
     assert (bound > -1e3).all()
 
 
-def _one_hidden_lp(model, x0, eps, c, triangle: bool) -> float:
-    """min c^T f(x) over the ℓ∞ ball ∩ box as an LP: ReLUs relaxed either by the dual network's
-    relaxation (d z <= a <= d (z - l)) or by the triangle (a >= 0, a >= z, a <= d (z - l))."""
-    w1, b1 = model[0].weight.detach().double().numpy(), model[0].bias.detach().double().numpy()
-    w2, b2 = model[2].weight.detach().double().numpy(), model[2].bias.detach().double().numpy()
-    n_in, n_h = w1.shape[1], w1.shape[0]
-    lo, hi = np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1)
-    zl = np.minimum(w1, 0) @ hi + np.maximum(w1, 0) @ lo + b1
-    zu = np.maximum(w1, 0) @ hi + np.minimum(w1, 0) @ lo + b1
-    # variables v = [x (n_in), a (n_h)]; z = w1 x + b1
-    a_ub, b_ub, bounds = [], [], [(lo[i], hi[i]) for i in range(n_in)]
-    for j in range(n_h):
-        row = np.zeros(n_in + n_h)
-        if zl[j] >= 0:        # active: a = z
-            bounds.append((None, None))
-            row[:n_in], row[n_in + j] = w1[j], -1.0
-            a_ub += [row, -row]
-            b_ub += [-b1[j], b1[j]]
-        elif zu[j] <= 0:      # dead: a = 0
-            bounds.append((0.0, 0.0))
-        else:
-            d = zu[j] / (zu[j] - zl[j])
-            bounds.append((0.0, None) if triangle else (None, None))
-            up = np.zeros(n_in + n_h)      # a - d (w1 x + b1 - l) <= 0
-            up[:n_in], up[n_in + j] = -d * w1[j], 1.0
-            a_ub.append(up)
-            b_ub.append(d * (b1[j] - zl[j]))
-            low = np.zeros(n_in + n_h)     # lower relaxation, as  (.) <= rhs
-            if triangle:                   # z - a <= 0
-                low[:n_in], low[n_in + j] = w1[j], -1.0
-                b_ub.append(-b1[j])
-            else:                          # d z - a <= 0
-                low[:n_in], low[n_in + j] = d * w1[j], -1.0
-                b_ub.append(-d * b1[j])
-            a_ub.append(low)
-    obj = np.concatenate([np.zeros(n_in), c @ w2])
-    res = linprog(obj, A_ub=np.array(a_ub) if a_ub else None, b_ub=np.array(b_ub) if b_ub else None,
-                  bounds=bounds, method="highs")
-    assert res.status == 0, res.message
-    return float(res.fun + c @ b2)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_one_hidden_layer_equals_its_lp_and_is_below_triangle_lp(seed):
     model = rand_net([5, 8, 3], seed, scale=0.8)
@@ -165,8 +104,8 @@ def test_one_hidden_layer_equals_its_lp_and_is_below_triangle_lp(seed):
         crossing += int(((l0 < 0) & (u0 > 0)).sum())
         for c in (np.array([1.0, -1.0, 0.0]), np.array([0.0, 1.0, -1.0]), np.array([-1.0, 0.0, 1.0])):
             j = dn.bound(torch.tensor(c, dtype=torch.float32)[None])[i, 0].item()
-            lp_dual = _one_hidden_lp(model, x[i].double().numpy(), eps, c, triangle=False)
-            lp_tri = _one_hidden_lp(model, x[i].double().numpy(), eps, c, triangle=True)
+            lp_dual = one_hidden_layer_lp(model, x[i].double().numpy(), eps, c, triangle=False)
+            lp_tri = one_hidden_layer_lp(model, x[i].double().numpy(), eps, c, triangle=True)
             assert j == pytest.approx(lp_dual, abs=1e-4)
             assert j <= lp_tri + 1e-4
             # the triangle LP is itself a lower bound on the true minimum (sampled)

@@ -4,9 +4,6 @@ the LP of the equivalent plain network and sound against PGD with restarts."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from toolbox_convex import (
@@ -20,6 +17,7 @@ from toolbox_convex import (
 )
 from toolbox_convex import layers as dual_layers_module
 from toolbox_convex.layers import dual_layers, run_chain
+from toolbox_convex.oracles import one_hidden_layer_lp
 from torch import nn
 
 import toolbox as tb
@@ -28,13 +26,6 @@ torch.set_num_threads(1)
 D = torch.float64
 
 
-def _bounds_helpers():
-    """The one-hidden-layer LP of test_convex_bounds.py (loaded by path, not duplicated)."""
-    path = Path(__file__).with_name("test_convex_bounds.py")
-    spec = importlib.util.spec_from_file_location("_convex_bounds_helpers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def randomise_bn(bn: nn.modules.batchnorm._BatchNorm, g: torch.Generator) -> None:
@@ -306,7 +297,6 @@ def test_residual_equals_its_plain_unrolling_and_the_lp(seed):
     """``Residual(Linear W1, ReLU, Linear W2)`` then ``Linear W3`` on inputs in [0, 1] is the
     one-hidden-layer net ``[x; relu(W1 x + b1)]`` (the identity units are stably active) with
     output weights ``W3 [I, W2]``: the dual bounds agree, and equal the dual relaxation's LP."""
-    helpers = _bounds_helpers()
     g = torch.Generator().manual_seed(seed)
     n_in, n_h, n_out = 5, 8, 3
     w1, b1 = torch.randn(n_h, n_in, generator=g, dtype=D), torch.randn(n_h, generator=g, dtype=D)
@@ -339,7 +329,7 @@ def test_residual_equals_its_plain_unrolling_and_the_lp(seed):
     assert crossing > 0
     for i in range(x.shape[0]):
         for k, c in enumerate(cs):
-            lp = helpers._one_hidden_lp(plain, x[i].numpy(), eps, c.numpy(), triangle=False)
+            lp = one_hidden_layer_lp(plain, x[i].numpy(), eps, c.numpy(), triangle=False)
             assert j_res[i, k].item() == pytest.approx(lp, abs=1e-6)
 
 

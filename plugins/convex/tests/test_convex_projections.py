@@ -11,6 +11,7 @@ import pytest
 import torch
 from toolbox_convex import DualNetwork, DualNetworkCertifier, margin_lower_bounds
 from toolbox_convex.dual import sample_median
+from toolbox_convex.oracles import small_conv_net
 from torch import nn
 
 import toolbox as tb
@@ -27,13 +28,6 @@ def mlp(sizes: list[int], seed: int) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers).double().eval()
-
-
-def conv_net(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(96, 12), nn.ReLU(), nn.Linear(12, 10)).double().eval()
 
 
 def spreads(dn: DualNetwork) -> torch.Tensor:
@@ -91,7 +85,7 @@ def test_exact_fallback_equals_the_backward_pass(norm, eps, fast_first):
     """With r above every source's size the forward pass pushes exact bases: its bounds equal
     the backward dual pass with c = ±e_m (check 1.5.2) to float64 rounding, and so do the
     margins."""
-    net = conv_net(1)
+    net = small_conv_net(1).double()
     x = torch.rand(6, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y = torch.arange(6) % 10
     exact = DualNetwork(net, x, eps, norm, fast_first=fast_first)
