@@ -352,12 +352,10 @@ def _first_batch_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, flag
                   f"attacks fail; use BPDA or black-box attacks")
 
 
-def _contains(threat: Any, x_adv: torch.Tensor, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """``threat.contains`` reusing the norms just computed, when the threat model's
-    ``contains`` takes ``norms=`` (third-party overrides written before it existed do not)."""
-    if "norms" in inspect.signature(threat.contains).parameters:
-        return threat.contains(x_adv, x, norms=norms)
-    return threat.contains(x_adv, x)
+def _takes_norms(threat: Any) -> bool:
+    """Whether ``threat.contains`` accepts the precomputed ``norms=`` (third-party overrides
+    written before it existed do not); :func:`evaluate` asks once per attack."""
+    return "norms" in inspect.signature(threat.contains).parameters
 
 
 def _groups(groups: Any, atks: Mapping[str, Any], certs: Mapping[str, Any],
@@ -487,6 +485,7 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
         bar = tqdm(total=total, desc="evaluate", unit="ex", file=sys.stderr, leave=False)
     elif mode == "lines":
         status = StatusLines("evaluate", total)
+    takes_norms = {name: _takes_norms(atk.threat) for name, atk in atks.items()}
     moved = home is not None and home != dev
     try:
         if moved:
@@ -526,7 +525,8 @@ def evaluate(model: nn.Module, data: Any, attacks: Any = None, *, n: int | None 
                         fin = torch.isfinite(la).all(1)
                         with torch.no_grad():
                             norms = atk.threat.norm((xa - xs).double(), xs.double())
-                        inside = _contains(atk.threat, xa, xs, norms)
+                        inside = (atk.threat.contains(xa, xs, norms=norms) if takes_norms[name]
+                                  else atk.threat.contains(xa, xs))
                         max_norm[name] = max(max_norm[name], float(norms.max()))
                         nonfinite_adv[name] += int((~fin).sum())
                         outside[name] += int((~inside).sum())
