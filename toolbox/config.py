@@ -316,17 +316,13 @@ class CertifierSpec(AttackSpec):
 
 
 def _parse_certifier(section: Mapping[str, Any], path: str) -> CertifierSpec:
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path} must be a table, got {section!r}")
-    key = "name" if "name" in section and "certifier" not in section else "certifier"
-    name = _get(section, path, key, str, required=True)
-    threat = _parse_threat(section, path)
-    kwargs = {k: v for k, v in section.items() if k not in (key, "threat", "eps")}
-    _check_kwargs(path, "certifier", name, kwargs, reserved=[key, "threat", "eps"], skip=["threat"])
-    return CertifierSpec(name.lower(), threat, kwargs, key)
+    return _parse_attack(section, path, "certifier", kind="certifier", spec=CertifierSpec)
 
 
-def _parse_attack(section: Mapping[str, Any], path: str, name_key: str) -> AttackSpec:
+def _parse_attack(section: Mapping[str, Any], path: str, name_key: str, *, kind: str = "attack",
+                  spec: type[AttackSpec] = AttackSpec) -> AttackSpec:
+    """An attack table (or, with ``kind="certifier"``, a certifier table): its registered
+    name under ``name_key`` (``"name"`` accepted too), threat model and keyword arguments."""
     if not isinstance(section, dict):
         raise ConfigError(f"{path} must be a table, got {section!r}")
     other = "attack" if name_key == "name" else "name"
@@ -335,8 +331,8 @@ def _parse_attack(section: Mapping[str, Any], path: str, name_key: str) -> Attac
     name = _get(section, path, name_key, str, required=True)
     threat = _parse_threat(section, path)
     kwargs = {k: v for k, v in section.items() if k not in (name_key, "threat", "eps")}
-    _check_kwargs(path, "attack", name, kwargs, reserved=[name_key, "threat", "eps"], skip=["threat"])
-    return AttackSpec(name.lower(), threat, kwargs, name_key)
+    _check_kwargs(path, kind, name, kwargs, reserved=[name_key, "threat", "eps"], skip=["threat"])
+    return spec(name.lower(), threat, kwargs, name_key)
 
 
 @dataclass
