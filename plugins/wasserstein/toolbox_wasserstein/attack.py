@@ -49,6 +49,14 @@ class RadiusSearch:
         return [float((self.eps > e).double().mean()) for e in eps]
 
 
+def schedule_radius(eps0: torch.Tensor, growth: float, every: int, t: int,
+                    cap: float | torch.Tensor) -> torch.Tensor:
+    """The growing-radius schedule at iteration ``t`` (0-based): ``min(eps0 * growth ** (t //
+    every), cap)`` per example (``eps0`` ``(N,)``; ``cap`` a float or ``(N,)``)."""
+    r = eps0 * growth ** (t // every)
+    return torch.minimum(r, cap) if isinstance(cap, torch.Tensor) else r.clamp(max=cap)
+
+
 class _GrowingRule:
     """Step rule for :func:`toolbox.attacks.base.iterate`: sign step, then projection onto
     the ball of the current per-example radius ``min(eps0 * growth ** (t // every), eps_max)``
@@ -73,7 +81,7 @@ class _GrowingRule:
         self.sweeps: list[int] = []
 
     def radius(self, t: int) -> torch.Tensor:
-        return torch.minimum(self.eps0 * self.growth ** (t // self.every), self.cap)
+        return schedule_radius(self.eps0, self.growth, self.every, t, self.cap)
 
     def __call__(self, t, x_adv, x, grad, loss, loss_fn, generator):
         eps_t = self.radius(t)

@@ -6,12 +6,11 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from toolbox.defense import Defense, _accuracy, batch_ce
 from toolbox.threat import as_threat
 
-from .attack import WassersteinPGD, _pos
+from .attack import WassersteinPGD, _pos, schedule_radius
 from .threat import Wasserstein
 
 __all__ = ["WassersteinAT", "STORE_KEY"]
@@ -93,8 +92,7 @@ class WassersteinAT(Defense):
     def last_radius(self, start: torch.Tensor, eps_max: float) -> torch.Tensor:
         """The largest radius the schedule reaches from ``start`` ``(N,)``."""
         a = self.attack
-        top = start * a.growth ** (max(a.steps - 1, 0) // a.every)
-        return top.clamp(max=eps_max)
+        return schedule_radius(start, a.growth, a.every, max(a.steps - 1, 0), eps_max)
 
     def loss(self, model, batch):
         x, y = batch.x, batch.y
@@ -119,7 +117,7 @@ class WassersteinAT(Defense):
                                 "broken": broken.float().mean()}
         if self.clean_weight > 0:
             clean_logits = model(x)
-            clean = F.cross_entropy(clean_logits, y) if not batch.extra else batch_ce(clean_logits, batch)
+            clean = batch_ce(clean_logits, batch)
             loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
             logs["clean_loss"] = clean.detach()
             logs["clean_acc"] = _accuracy(clean_logits, y)
